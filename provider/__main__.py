@@ -1,0 +1,3 @@
+from provider.main import main
+
+main()

@@ -1,0 +1,223 @@
+"""The process shell: NATS subscriptions and lifecycle (protocol spec §3.1, §4, §8-§10).
+
+Deliberately thin. It connects, wires subjects to the handlers, and runs until a shutdown
+request addressed to its host arrives. Everything with logic in it lives elsewhere:
+:mod:`provider.invocations` (the RPC path), :mod:`provider.store` (the data),
+:mod:`provider.replication` (keeping peers in step).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import uuid
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from contract.nkeys import KeyPair
+from contract.wire import (
+    RPC_QUEUE_GROUP,
+    SHUTDOWN_ACK,
+    HealthCheckResponse,
+    HostData,
+    LinkDefinition,
+    Subjects,
+    parse_shutdown_host_id,
+)
+from provider.chunking import ChunkStore
+from provider.invocations import InvocationHandler
+from provider.links import LinkRegistry
+from provider.metrics import Metrics
+from provider.replication import Replicator, Standalone
+from provider.store import KeyValueStore
+
+log = structlog.get_logger("provider.daemon")
+
+#: How often expired keys become tombstones and old tombstones are forgotten. Reads check
+#: deadlines themselves, so this only bounds memory, never correctness.
+SWEEP_INTERVAL_SECONDS = 30.0
+
+
+def connect_options(url: str, name: str, credentials: tuple[str, str] | None) -> dict:
+    """nats-py options for a long-lived daemon connection: reconnect forever, JWT+nkey auth.
+
+    The seed only ever lives inside the signing callback; it is never logged.
+    """
+    options: dict = {
+        "servers": [url],
+        "name": name,
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "connect_timeout": 5,
+    }
+    if credentials is not None:
+        jwt, seed = credentials
+        signer = KeyPair.from_seed(seed)
+        options["user_jwt_cb"] = lambda: jwt.encode()
+        options["signature_cb"] = lambda nonce: base64.urlsafe_b64encode(
+            signer.sign(nonce.encode())
+        ).rstrip(b"=")
+    return options
+
+
+class ProviderDaemon:
+    """One provider instance, from HostData to exit code."""
+
+    def __init__(self, host_data: HostData) -> None:
+        self.host_data = host_data
+        self.instance = host_data.instance_id or str(uuid.uuid4())
+        self.subjects = Subjects(
+            host_data.lattice_rpc_prefix, host_data.provider_key, host_data.link_name
+        )
+        self.links = LinkRegistry()
+        self.metrics = Metrics()
+        self.store = KeyValueStore(node_id=uuid.uuid4().hex[:16])
+        self.replicator: Replicator = Standalone()
+        self._stopped = asyncio.Event()
+        self._nc: NATS | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self) -> int:
+        hd = self.host_data
+        log.info(
+            f"Starting capability provider {hd.provider_key} instance {self.instance} "
+            f"with nats url {hd.nats_url}"
+        )
+        self._nc = nc = await nats.connect(
+            **connect_options(hd.nats_url, f"nats-kvcache {hd.provider_key}", hd.credentials()),
+            error_cb=self._on_nats_error,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+        )
+        handler = InvocationHandler(
+            hd,
+            self.links,
+            self.store,
+            self._publish_change,
+            ChunkStore(nc, hd.lattice_rpc_prefix),
+            self.metrics,
+        )
+        self._handler = handler
+        for link in hd.link_definitions:
+            self._add_link(link, at_start=True)
+
+        s = self.subjects
+        await nc.subscribe(s.rpc, queue=RPC_QUEUE_GROUP, cb=self._on_rpc)
+        await nc.subscribe(s.link_put, cb=self._on_link_put)
+        await nc.subscribe(s.link_del, cb=self._on_link_del)
+        await nc.subscribe(s.shutdown, cb=self._on_shutdown)
+        await nc.subscribe(s.health, cb=self._on_health)  # last: healthy implies subscribed
+        await nc.flush()
+        self._tasks.append(asyncio.create_task(self._sweep_forever()))
+        log.info("provider ready", subjects=s.rpc, links=len(self.links))
+        await self._stopped.wait()
+        await asyncio.wait_for(nc.close(), timeout=2)
+        return 0
+
+    async def _shutdown(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await self.replicator.stop()
+
+    # ------------------------------------------------------------------ RPC
+    async def _on_rpc(self, msg: Msg) -> None:
+        response = await self._handler.handle(msg.data)
+        if msg.reply:
+            await self._nc.publish(msg.reply, response.encode())
+
+    def _publish_change(self, change) -> None:
+        self.replicator.publish(change)
+
+    # ------------------------------------------------------------------ links
+    def _decode_link(self, data: bytes) -> LinkDefinition:
+        if self.host_data.is_test_mode:
+            return LinkDefinition.decode_json(data)
+        return LinkDefinition.decode_msgpack(data)
+
+    def _add_link(self, link: LinkDefinition, *, at_start: bool = False) -> None:
+        if link.actor_id in self.links:
+            log.debug("duplicate link ignored", actor=link.actor_id)
+            return
+        try:
+            accepted = self.on_link(link)
+        except Exception:
+            log.exception("link hook failed; link not recorded", actor=link.actor_id)
+            return
+        if accepted or at_start:  # the SDK records start-up links even when refused
+            self.links.add(link)
+            log.info("actor linked", actor=link.actor_id, contract=link.contract_id)
+        else:
+            log.warning("link refused", actor=link.actor_id)
+
+    def on_link(self, link: LinkDefinition) -> bool:
+        """The provider's link hook. Replication configuration hangs off this."""
+        return True
+
+    async def _on_link_put(self, msg: Msg) -> None:
+        try:
+            link = self._decode_link(msg.data)
+        except Exception as error:
+            log.warning("undecodable link definition dropped", error=str(error))
+            return
+        self._add_link(link)
+
+    async def _on_link_del(self, msg: Msg) -> None:
+        try:
+            link = self._decode_link(msg.data)
+        except Exception as error:
+            log.warning("undecodable link deletion dropped", error=str(error))
+            return
+        if self.links.remove(link.actor_id) is not None:
+            log.info("actor unlinked", actor=link.actor_id)
+
+    # ------------------------------------------------------------------ health & shutdown
+    def health(self) -> HealthCheckResponse:
+        state = self.replicator.health()
+        return HealthCheckResponse(state.healthy, state.message)
+
+    async def _on_health(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        try:
+            response = self.health()
+        except Exception as error:
+            response = HealthCheckResponse(False, str(error))
+        body = response.encode_json() if self.host_data.is_test_mode else response.encode_msgpack()
+        await self._nc.publish(msg.reply, body)
+
+    async def _on_shutdown(self, msg: Msg) -> None:
+        if not msg.reply:
+            return
+        host_id = parse_shutdown_host_id(msg.data)
+        if host_id and host_id != self.host_data.host_id:
+            log.debug("shutdown for another host ignored")
+            return
+        log.info("shutdown requested")
+        await self._shutdown()
+        nc = self._nc
+        await nc.publish(msg.reply, SHUTDOWN_ACK)
+        await nc.flush(timeout=1)
+        # Closing happens in run(): draining from inside a subscription callback would wait
+        # for this very callback to return.
+        self._stopped.set()
+
+    # ------------------------------------------------------------------ background
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
+            self.store.sweep()
+
+    async def _on_nats_error(self, error: Exception) -> None:
+        log.warning("lattice connection error", error=str(error))
+
+    async def _on_disconnected(self) -> None:
+        if not self._stopped.is_set():
+            log.warning("lattice connection lost; reconnecting")
+
+    async def _on_reconnected(self) -> None:
+        log.info("lattice connection restored")

@@ -1,0 +1,33 @@
+"""Pure, mergeable key-value state. Nothing in this package does I/O.
+
+* :mod:`.hlc`: hybrid logical clock stamps for last-writer-wins.
+* :mod:`.causal`: causal contexts (which list/set elements a replica has seen).
+* :mod:`.entry`: one key's state and the merge (join) rules per type.
+* :mod:`.store`: the Redis-like operations, each returning its result and a replicable
+  :class:`~.store.Change`.
+* :mod:`.errors`: the refusals an operation can answer with.
+"""
+
+from .entry import Entry, Kind
+from .errors import (
+    IncrementOverflowError,
+    NotIntegerError,
+    StoreError,
+    TooLargeError,
+    WrongTypeError,
+)
+from .store import BUCKETS, Change, KeyValueStore, bucket_of
+
+__all__ = [
+    "BUCKETS",
+    "Change",
+    "Entry",
+    "IncrementOverflowError",
+    "KeyValueStore",
+    "Kind",
+    "NotIntegerError",
+    "StoreError",
+    "TooLargeError",
+    "WrongTypeError",
+    "bucket_of",
+]

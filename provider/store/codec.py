@@ -1,0 +1,127 @@
+"""Plain-data form of a :class:`~.store.Change`, for replication messages and snapshots.
+
+The form is a msgpack-friendly list, positional to stay small on the wire. Decoding validates
+every field and raises :class:`ChangeDecodeError` on anything malformed, because these come from
+the network: a foreign or corrupt message must be dropped, never crash a replica or poison its
+state.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .causal import CausalContext
+from .entry import Entry, Kind, ListPayload, SetPayload
+from .store import Change
+
+
+class ChangeDecodeError(ValueError):
+    """A change record that does not have the documented shape."""
+
+
+def encode_change(change: Change) -> list:
+    entry = change.entry
+    value = entry.value
+    if isinstance(value, ListPayload):
+        payload: Any = [[list(item) for item in value.items], *_encode_ctx(value.ctx)]
+    elif isinstance(value, SetPayload):
+        payload = [
+            {member: [list(dot) for dot in dots] for member, dots in value.members.items()},
+            *_encode_ctx(value.ctx),
+        ]
+    else:
+        payload = value
+    counts = {node: list(pair) for node, pair in entry.counts.items()} if entry.counts else None
+    return [
+        change.key,
+        entry.stamp,
+        entry.origin,
+        entry.gen,
+        int(entry.kind),
+        entry.deadline,
+        payload,
+        counts,
+    ]
+
+
+def _encode_ctx(ctx: CausalContext) -> tuple[dict, list]:
+    return ctx.vv, [list(dot) for dot in ctx.cloud]
+
+
+def decode_change(data: Any) -> Change:
+    """Rebuild a change from :func:`encode_change` output; strict about every type."""
+    try:
+        key, stamp, origin, gen, kind, deadline, payload, counts = data
+        _check(isinstance(key, str), "key")
+        for name, number in (("stamp", stamp), ("gen", gen), ("deadline", deadline)):
+            _check(_is_uint(number), name)
+        _check(isinstance(origin, str), "origin")
+        kind = Kind(kind)
+        if kind == Kind.STRING:
+            _check(isinstance(payload, str), "string value")
+            value: Any = payload
+        elif kind == Kind.TOMBSTONE:
+            _check(payload is None, "tombstone payload")
+            value = None
+        elif kind == Kind.LIST:
+            items, vv, cloud = payload
+            decoded = []
+            for item in items:
+                item_stamp, node, n, text = item
+                _check(_is_uint(item_stamp) and isinstance(node, str), "list item")
+                _check(_is_uint(n) and isinstance(text, str), "list item")
+                decoded.append((item_stamp, node, n, text))
+            decoded.sort()
+            value = ListPayload(decoded, _decode_ctx(vv, cloud))
+        else:
+            members, vv, cloud = payload
+            _check(isinstance(members, dict), "set members")
+            value = SetPayload(
+                {_str(member): {_dot(dot) for dot in dots} for member, dots in members.items()},
+                _decode_ctx(vv, cloud),
+            )
+        decoded_counts = None
+        if counts is not None:
+            _check(isinstance(counts, dict), "counts")
+            decoded_counts = {}
+            for node, pair in counts.items():
+                count, total = pair
+                _check(isinstance(node, str) and _is_uint(count), "counts")
+                _check(isinstance(total, int) and not isinstance(total, bool), "counts")
+                decoded_counts[node] = (count, total)
+            _check(kind == Kind.STRING, "counts on a non-string")
+        entry = Entry((stamp, origin, gen), kind, value, deadline, decoded_counts or None)
+        return Change(key, entry)
+    except ChangeDecodeError:
+        raise
+    except (TypeError, ValueError, AttributeError) as error:
+        raise ChangeDecodeError(f"malformed change record: {error}") from None
+
+
+def _decode_ctx(vv: Any, cloud: Any) -> CausalContext:
+    _check(isinstance(vv, dict), "version vector")
+    for node, n in vv.items():
+        _check(isinstance(node, str) and _is_uint(n), "version vector")
+    ctx = CausalContext(dict(vv), {_dot(dot) for dot in cloud})
+    ctx.compact()
+    return ctx
+
+
+def _dot(data: Any) -> tuple[str, int]:
+    node, n = data
+    _check(isinstance(node, str) and _is_uint(n), "dot")
+    return (node, n)
+
+
+def _str(value: Any) -> str:
+    _check(isinstance(value, str), "string")
+    return value
+
+
+def _is_uint(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check(condition: bool, what: str) -> None:
+    if not condition:
+        raise ChangeDecodeError(f"malformed change record: bad {what}")

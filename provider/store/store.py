@@ -1,0 +1,326 @@
+"""The key-value store: Redis-like operations over mergeable per-key state. Pure: no I/O.
+
+Every mutating method returns its real result *and* a :class:`Change`: a self-contained,
+idempotent delta that any other replica can :meth:`KeyValueStore.apply` in any order, any number
+of times. Standalone mode simply drops the changes; replication backends ship them. Reads never
+produce changes.
+
+Keys are spread over :data:`BUCKETS` fixed buckets by a stable hash. The buckets make
+anti-entropy cheap (peers compare one 64-bit digest per bucket and exchange only the buckets that
+differ) and let a snapshot be streamed in bounded chunks. Digests are only maintained once
+:meth:`KeyValueStore.track_digests` is on, so a standalone store pays nothing for them.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from .entry import NEVER, Birth, Entry, Kind, ListPayload, SetPayload, merge, parse_integer
+from .errors import IncrementOverflowError, NotIntegerError, WrongTypeError
+from .hlc import HybridClock, stamp_ms, wall_ms
+
+BUCKETS = 1024
+I32_MIN, I32_MAX = -(2**31), 2**31 - 1
+
+#: Tombstones and emptied containers older than this are forgotten. Until then they stop a late
+#: or replayed message from resurrecting what was deleted; a peer cut off for longer than this
+#: can bring a deleted key back. One hour by default; the provider makes it configurable.
+DEFAULT_TOMBSTONE_HORIZON_MS = 3_600_000
+
+
+def bucket_of(key: str) -> int:
+    """The bucket a key lives in; identical on every replica and across restarts."""
+    return zlib.crc32(key.encode("utf-8", "surrogatepass")) % BUCKETS
+
+
+def _key_digest(key: str, entry: Entry) -> int:
+    return entry.digest() ^ zlib.crc32(key.encode("utf-8", "surrogatepass"))
+
+
+@dataclass(slots=True, frozen=True)
+class Change:
+    """A replicable delta: merge ``entry`` into ``key``."""
+
+    key: str
+    entry: Entry
+
+
+class KeyValueStore:
+    """An in-memory map of keys to mergeable entries, answering the keyvalue contract."""
+
+    def __init__(
+        self,
+        node_id: str,
+        *,
+        now_ms: Callable[[], int] = wall_ms,
+        tombstone_horizon_ms: int = DEFAULT_TOMBSTONE_HORIZON_MS,
+    ) -> None:
+        self.node_id = node_id
+        self.clock = HybridClock(now_ms)
+        self._now_ms = now_ms
+        self.tombstone_horizon_ms = tombstone_horizon_ms
+        self._buckets: list[dict[str, Entry]] = [{} for _ in range(BUCKETS)]
+        self._digests: list[int] | None = None
+
+    # ------------------------------------------------------------------ bookkeeping
+    def __len__(self) -> int:
+        """Number of stored entries, tombstones included."""
+        return sum(len(bucket) for bucket in self._buckets)
+
+    def live_count(self) -> int:
+        now = self._now_ms()
+        return sum(1 for _, entry in self.items() if entry.is_live(now))
+
+    def items(self) -> Iterator[tuple[str, Entry]]:
+        for bucket in self._buckets:
+            yield from bucket.items()
+
+    def bucket_items(self, index: int) -> list[tuple[str, Entry]]:
+        return list(self._buckets[index].items())
+
+    def entry(self, key: str) -> Entry | None:
+        """The raw stored entry (tests and replication use it)."""
+        return self._buckets[bucket_of(key)].get(key)
+
+    def track_digests(self) -> list[int]:
+        """Turn on per-bucket digests (for anti-entropy) and return them."""
+        if self._digests is None:
+            digests = [0] * BUCKETS
+            for index, bucket in enumerate(self._buckets):
+                for key, entry in bucket.items():
+                    digests[index] ^= _key_digest(key, entry)
+            self._digests = digests
+        return self._digests
+
+    def _digest_of(self, key: str, entry: Entry | None) -> int:
+        """The entry's contribution to its bucket digest (0 when digests are off)."""
+        if self._digests is None or entry is None:
+            return 0
+        return _key_digest(key, entry)
+
+    def _put(self, key: str, bucket: dict[str, Entry], old_digest: int, new: Entry) -> None:
+        """Store ``new`` for ``key``; ``old_digest`` is what the key contributed before."""
+        bucket[key] = new
+        if self._digests is not None:
+            self._digests[bucket_of(key)] ^= old_digest ^ _key_digest(key, new)
+
+    def _lookup(self, key: str) -> tuple[dict[str, Entry], Entry | None]:
+        bucket = self._buckets[bucket_of(key)]
+        return bucket, bucket.get(key)
+
+    def _live(self, key: str) -> Entry | None:
+        entry = self._buckets[bucket_of(key)].get(key)
+        if entry is None or not entry.is_live(self._now_ms()):
+            return None
+        return entry
+
+    def _typed(self, key: str, kind: Kind) -> Entry | None:
+        entry = self._live(key)
+        if entry is not None and entry.kind != kind:
+            raise WrongTypeError()
+        return entry
+
+    def _mutate(
+        self, key: str, kind: Kind, build: Callable[[Entry], tuple[object, object]]
+    ) -> tuple[object, Change]:
+        """Run ``build`` on the live entry of ``kind`` for ``key``, creating it if absent.
+
+        ``build`` checks its preconditions *before* touching the entry (raising leaves the store
+        unchanged), then mutates it in place and returns ``(result, delta_payload)``.
+        """
+        bucket, entry = self._lookup(key)
+        now = self._now_ms()
+        old_digest = self._digest_of(key, entry)
+        if entry is None or not entry.is_live(now):
+            reusable = entry is not None and entry.kind == kind and not entry.is_expired(now)
+            if not reusable:  # an emptied list/set of the same kind keeps its causal context
+                entry = _fresh(_recreated_birth(entry, now), kind)
+        elif entry.kind != kind:
+            raise WrongTypeError()
+        result, delta_payload = build(entry)
+        self._put(key, bucket, old_digest, entry)
+        return result, Change(key, entry.header(delta_payload))
+
+    # ------------------------------------------------------------------ reads
+    def get(self, key: str) -> str | None:
+        entry = self._typed(key, Kind.STRING)
+        return None if entry is None else entry.string_value()
+
+    def contains(self, key: str) -> bool:
+        return self._live(key) is not None
+
+    def list_range(self, name: str, start: int, stop: int) -> list[str]:
+        entry = self._typed(name, Kind.LIST)
+        if entry is None:
+            return []
+        items = entry.value.items
+        n = len(items)
+        first = max(n + start, 0) if start < 0 else start
+        last = n + stop if stop < 0 else min(stop, n - 1)
+        if first > last or first >= n:
+            return []
+        return [item[3] for item in items[first : last + 1]]
+
+    def set_query(self, name: str) -> list[str]:
+        entry = self._typed(name, Kind.SET)
+        return [] if entry is None else list(entry.value.members)
+
+    def set_union(self, names: list[str]) -> list[str]:
+        members: dict[str, None] = {}
+        for entry in [self._typed(name, Kind.SET) for name in names]:
+            if entry is not None:
+                members.update(dict.fromkeys(entry.value.members))
+        return list(members)
+
+    def set_intersection(self, names: list[str]) -> list[str]:
+        entries = [self._typed(name, Kind.SET) for name in names]  # type-check every name
+        if not entries or any(entry is None for entry in entries):
+            return []
+        first, *rest = entries
+        return [m for m in first.value.members if all(m in e.value.members for e in rest)]
+
+    # ------------------------------------------------------------------ writes
+    def set(self, key: str, value: str, expires: int = 0) -> Change:
+        """Overwrite whatever ``key`` holds; ``expires`` seconds > 0 sets a TTL."""
+        bucket, old = self._lookup(key)
+        stamp = self.clock.now()
+        deadline = stamp_ms(stamp) + expires * 1000 if expires > 0 else 0
+        entry = Entry((stamp, self.node_id, 0), Kind.STRING, value, deadline)
+        self._put(key, bucket, self._digest_of(key, old), entry)
+        return Change(key, entry.copy())
+
+    def delete(self, key: str) -> tuple[bool, Change | None]:
+        """Delete whatever ``key`` holds (also ListClear and SetClear); True if it existed."""
+        bucket, old = self._lookup(key)
+        if old is None or not old.is_live(self._now_ms()):
+            return False, None
+        entry = Entry((self.clock.now(), self.node_id, 0), Kind.TOMBSTONE)
+        self._put(key, bucket, self._digest_of(key, old), entry)
+        return True, Change(key, entry.copy())
+
+    def increment(self, key: str, delta: int) -> tuple[int, Change]:
+        """Add ``delta`` to an integer string (missing counts as 0); returns the new value.
+
+        The delta record carries this node's whole ``(count, total)`` contribution, so a lost
+        increment message is repaired by the next one and a duplicate changes nothing.
+        """
+        node = self.node_id
+
+        def build(entry: Entry) -> tuple[int, None]:
+            current = parse_integer(entry.string_value())
+            if current is None:
+                raise NotIntegerError()
+            new_value = current + delta
+            if not I32_MIN <= new_value <= I32_MAX:
+                raise IncrementOverflowError()
+            counts = entry.counts if entry.counts is not None else {}
+            count, total = counts.get(node, (0, 0))
+            counts[node] = (count + 1, total + delta)
+            entry.counts = counts
+            return new_value, None
+
+        result, change = self._mutate(key, Kind.STRING, build)
+        stored = self.entry(key)
+        change.entry.counts = {node: stored.counts[node]}
+        return result, change
+
+    def list_add(self, name: str, value: str) -> tuple[int, Change]:
+        """Append at the tail (RPUSH); returns the new length."""
+
+        def build(entry: Entry) -> tuple[int, ListPayload]:
+            delta = entry.value.append(self.node_id, self.clock.now(), value)
+            return len(entry.value.items), delta
+
+        return self._mutate(name, Kind.LIST, build)
+
+    def list_del(self, name: str, value: str) -> tuple[bool, Change | None]:
+        """Remove the first occurrence (LREM key 1 value)."""
+        bucket, entry = self._lookup(name)
+        if self._typed(name, Kind.LIST) is None:
+            return False, None
+        old_digest = self._digest_of(name, entry)
+        delta = entry.value.remove_first(value)
+        if delta is None:
+            return False, None
+        self._put(name, bucket, old_digest, entry)
+        return True, Change(name, entry.header(delta))
+
+    def set_add(self, name: str, value: str) -> tuple[int, Change | None]:
+        """SADD: 1 if newly added, 0 if already a member."""
+        entry = self._typed(name, Kind.SET)
+        if entry is not None and value in entry.value.members:
+            return 0, None
+
+        def build(target: Entry) -> tuple[int, SetPayload]:
+            return 1, target.value.add(self.node_id, value)
+
+        return self._mutate(name, Kind.SET, build)
+
+    def set_del(self, name: str, value: str) -> tuple[int, Change | None]:
+        """SREM: 1 if removed, 0 otherwise."""
+        bucket, entry = self._lookup(name)
+        if self._typed(name, Kind.SET) is None:
+            return 0, None
+        old_digest = self._digest_of(name, entry)
+        delta = entry.value.remove(value)
+        if delta is None:
+            return 0, None
+        self._put(name, bucket, old_digest, entry)
+        return 1, Change(name, entry.header(delta))
+
+    # ------------------------------------------------------------------ replication
+    def apply(self, change: Change) -> None:
+        """Merge a change from anywhere: a peer's delta, a snapshot chunk, a repair."""
+        key, incoming = change.key, change.entry
+        self.clock.observe(incoming.stamp)
+        if incoming.kind == Kind.LIST and incoming.value.items:
+            self.clock.observe(incoming.value.items[-1][0])  # later appends order after these
+        bucket, old = self._lookup(key)
+        old_digest = self._digest_of(key, old)
+        self._put(key, bucket, old_digest, merge(old, incoming))
+
+    def sweep(self) -> int:
+        """Turn expired keys into tombstones and forget old tombstones; returns keys touched.
+
+        Every replica derives the same tombstone from the same expired entry, so expiry needs no
+        messages of its own.
+        """
+        now = self._now_ms()
+        horizon = now - self.tombstone_horizon_ms
+        touched = 0
+        for bucket in self._buckets:
+            for key, entry in list(bucket.items()):
+                if entry.is_expired(now):
+                    tomb = Entry((entry.stamp, entry.origin, entry.gen + 1), Kind.TOMBSTONE)
+                    self._put(key, bucket, self._digest_of(key, entry), tomb)
+                    touched += 1
+                elif not entry.is_live(now) and stamp_ms(entry.stamp) < horizon:
+                    del bucket[key]
+                    if self._digests is not None:
+                        self._digests[bucket_of(key)] ^= _key_digest(key, entry)
+                    touched += 1
+        return touched
+
+
+def _recreated_birth(absent: Entry | None, now_ms: int) -> Birth:
+    """The birth of a key re-created implicitly from an absent state.
+
+    Every replica derives the same birth from the same absent state: so concurrent
+    ``Increment``s or ``ListAdd``s on a missing key share one incarnation and all count. An
+    expired entry first becomes the tombstone ``gen + 1`` (as :meth:`KeyValueStore.sweep` makes
+    it), and the new incarnation comes after that.
+    """
+    if absent is None:
+        return (NEVER[0], NEVER[1], NEVER[2] + 1)
+    stamp, origin, gen = absent.birth
+    return (stamp, origin, gen + 2 if absent.is_expired(now_ms) else gen + 1)
+
+
+def _fresh(birth: Birth, kind: Kind) -> Entry:
+    if kind == Kind.LIST:
+        return Entry(birth, kind, ListPayload())
+    if kind == Kind.SET:
+        return Entry(birth, kind, SetPayload())
+    return Entry(birth, kind, "0")  # only Increment creates a string implicitly
