@@ -1,0 +1,284 @@
+"""The test harness itself, exercised against real nats-servers.
+
+If these fail, every integration failure is suspect, so they pin down exactly the behaviours
+other tests lean on: restarts keep data and ports, each proxy fault looks to a client the way
+the docstrings promise, and a 3-node cluster tolerates losing a node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.aio.client import Client
+from nats.js.api import StorageType, StreamConfig
+
+from tests.harness.natsserver import NatsCluster, NatsServer
+from tests.harness.processes import ProviderProcess, free_port, port_open, wait_for
+from tests.harness.proxy import FaultProxy, FrameSplitter
+
+FAST_RECONNECT: dict[str, Any] = {
+    "reconnect_time_wait": 0.05,
+    "max_reconnect_attempts": -1,
+    "connect_timeout": 1,
+}
+
+
+@asynccontextmanager
+async def client(url: str | list[str], **kw: Any) -> AsyncIterator[Client]:
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    kw.setdefault("error_cb", on_error)
+    nc = await nats.connect(url, **kw)
+    nc.test_errors = errors  # type: ignore[attr-defined]
+    try:
+        yield nc
+    finally:
+        await nc.close()
+
+
+async def collect(nc: Client, subject: str) -> list[bytes]:
+    """Subscribe and return the live list that received payloads are appended to."""
+    got: list[bytes] = []
+
+    async def on_msg(msg: Any) -> None:
+        got.append(msg.data)
+
+    await nc.subscribe(subject, cb=on_msg)
+    await nc.flush()
+    return got
+
+
+# -- NatsServer -------------------------------------------------------------------------------
+
+
+async def test_server_start_stop_restart_keeps_port_and_jetstream_data(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "s", jetstream=True)
+    with server:
+        url = server.url
+        async with client(url) as nc:
+            js = nc.jetstream()
+            await js.add_stream(StreamConfig(name="S", subjects=["s.>"], storage=StorageType.FILE))
+            await js.publish("s.1", b"before-kill")
+
+        server.kill()  # a crash: file-storage data must survive it
+        assert not port_open("127.0.0.1", server.port)
+        server.restart()
+        assert server.url == url
+        async with client(url) as nc:
+            msg = await nc.jetstream().get_last_msg("S", "s.1")
+            assert msg.data == b"before-kill"
+
+        assert server.stop() == 0  # SIGTERM is a clean exit
+        assert not server.is_running()
+    assert "Server is ready" in server.log_text()
+
+
+# -- FaultProxy -------------------------------------------------------------------------------
+
+
+def test_frame_splitter_keeps_frames_whole_across_chunk_boundaries() -> None:
+    stream = (
+        b"INFO {}\r\nMSG a.b 1 5\r\nhello\r\nPING\r\n"
+        b"HMSG c 2 _INBOX.x 12 14\r\nNATS/1.0\r\n\r\nhi\r\n+OK\r\n"
+    )
+    for step in (1, 3, 7, len(stream)):
+        splitter = FrameSplitter()
+        frames = [
+            f for i in range(0, len(stream), step) for f in splitter.feed(stream[i : i + step])
+        ]
+        assert [f.op for f in frames] == [b"INFO", b"MSG", b"PING", b"HMSG", b"+OK"]
+        assert b"".join(f.data for f in frames) == stream
+        assert frames[3].subject == b"c"
+
+
+async def test_proxy_pass_through(fault_proxy: FaultProxy) -> None:
+    async with client(fault_proxy.url) as nc:
+        got = await collect(nc, "greet")
+
+        async def echo(msg: Any) -> None:
+            await nc.publish(msg.reply, msg.data)
+
+        await nc.subscribe("echo", cb=echo)
+        await nc.publish("greet", b"hi")
+        reply = await nc.request("echo", b"ping", timeout=2)
+        assert reply.data == b"ping"
+        await wait_for(lambda: got == [b"hi"], 2)
+        assert not nc.test_errors  # type: ignore[attr-defined]
+
+
+async def test_cut_disconnects_and_heal_reconnects(fault_proxy: FaultProxy) -> None:
+    disconnected, reconnected = asyncio.Event(), asyncio.Event()
+
+    async def on_disconnect() -> None:
+        disconnected.set()
+
+    async def on_reconnect() -> None:
+        reconnected.set()
+
+    async with client(
+        fault_proxy.url,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        **FAST_RECONNECT,
+    ) as nc:
+        fault_proxy.cut()
+        await asyncio.wait_for(disconnected.wait(), 5)
+        await asyncio.sleep(0.3)  # several reconnect attempts, all refused while cut
+        assert not nc.is_connected
+        assert not reconnected.is_set()
+
+        fault_proxy.heal()
+        await asyncio.wait_for(reconnected.wait(), 5)
+        got = await collect(nc, "after")
+        await nc.publish("after", b"ok")
+        await wait_for(lambda: got == [b"ok"], 2)
+
+
+async def test_blackhole_stalls_delivery_until_healed(
+    nats_server: NatsServer, fault_proxy: FaultProxy
+) -> None:
+    reconnected = asyncio.Event()
+
+    async def on_reconnect() -> None:
+        reconnected.set()
+
+    async with (
+        client(fault_proxy.url, reconnected_cb=on_reconnect, **FAST_RECONNECT) as sub,
+        client(nats_server.url) as pub,
+    ):
+        got = await collect(sub, "bh")
+        fault_proxy.blackhole()
+        await pub.publish("bh", b"lost")
+        await pub.flush()
+        with pytest.raises(nats.errors.TimeoutError):
+            await sub.flush(timeout=0.3)  # the link is stalled: no PONG comes back
+        assert got == []
+        assert sub.is_connected  # nothing was closed: the client can't tell it's dead
+
+        fault_proxy.heal()  # resets the blackholed connection; the client reconnects
+        await asyncio.wait_for(reconnected.wait(), 5)
+        await pub.publish("bh", b"after")
+        await wait_for(lambda: got == [b"after"], 3)
+
+
+async def test_stall_delivers_backlog_on_heal(
+    nats_server: NatsServer, fault_proxy: FaultProxy
+) -> None:
+    async with client(fault_proxy.url) as sub, client(nats_server.url) as pub:
+        got = await collect(sub, "st")
+        fault_proxy.stall()
+        for i in range(3):
+            await pub.publish("st", str(i).encode())
+        await pub.flush()
+        await asyncio.sleep(0.2)
+        assert got == []
+        fault_proxy.heal()
+        await wait_for(lambda: got == [b"0", b"1", b"2"], 3)
+
+
+async def test_drop_loses_about_half_of_messages_without_protocol_errors(
+    nats_server: NatsServer, fault_proxy: FaultProxy
+) -> None:
+    async with client(fault_proxy.url) as sub, client(nats_server.url) as pub:
+        got = await collect(sub, "drop.>")
+        fault_proxy.drop(0.5, seed=7)
+        for i in range(200):
+            await pub.publish(f"drop.{i}", f"m{i}".encode())
+        await pub.flush()
+        await sub.flush(timeout=2)  # PING/PONG still pass: the stream is intact
+        await wait_for(lambda: len(got) + fault_proxy.dropped >= 200, 3)
+
+        assert len(got) + fault_proxy.dropped == 200
+        assert 60 <= len(got) <= 140
+        assert got == sorted(got, key=lambda b: int(b[1:]))  # survivors arrive in order
+        assert sub.is_connected
+        assert not sub.test_errors  # type: ignore[attr-defined]
+
+        fault_proxy.heal()
+        reply_sub = await collect(sub, "drop.final")
+        await pub.publish("drop.final", b"x")
+        await wait_for(lambda: reply_sub == [b"x"], 2)
+
+
+# -- NatsCluster ------------------------------------------------------------------------------
+
+
+async def test_cluster_replicated_stream_survives_killing_a_node(
+    nats_cluster: NatsCluster,
+) -> None:
+    async with client(nats_cluster.urls, **FAST_RECONNECT) as nc:
+        js = nc.jetstream()
+        await js.add_stream(StreamConfig(name="R3", subjects=["r3.>"], num_replicas=3))
+        await js.publish("r3.a", b"1")
+        info = await js.stream_info("R3")
+        assert info.cluster is not None and len(info.cluster.replicas or []) == 2
+
+        leader = nats_cluster.by_name(info.cluster.leader or "")
+        leader.kill()  # the stream leader crashes; the two survivors keep quorum
+
+        async def publish_ok() -> bool:
+            await js.publish("r3.b", b"2", timeout=1)
+            return True
+
+        await wait_for(publish_ok, 20, interval=0.2, message="R3 publish after leader loss")
+        info = await js.stream_info("R3")
+        assert info.state.messages == 2
+        assert info.cluster is not None and info.cluster.leader != leader.server_name
+
+        nats_cluster.restart(nats_cluster.servers.index(leader))  # same ports, same store
+
+        async def all_replicas_current() -> bool:
+            cluster = (await js.stream_info("R3")).cluster
+            replicas = (cluster.replicas or []) if cluster else []
+            return len(replicas) == 2 and all(r.current and not r.offline for r in replicas)
+
+        await wait_for(all_replicas_current, 10, interval=0.1, message="restarted replica current")
+
+
+# -- ProviderProcess --------------------------------------------------------------------------
+
+
+async def test_provider_process_keeps_stdin_open(tmp_path: Path) -> None:
+    # A stand-in child that reads one line, reports it, then proves stdin is still open by
+    # blocking on a second read; it only exits when killed.
+    script = (
+        "import sys; line = sys.stdin.buffer.readline();"
+        "sys.stderr.write('got:' + line.decode()); sys.stderr.flush();"
+        "sys.stdin.buffer.readline(); sys.stderr.write('EOF!')"
+    )
+    proc = ProviderProcess(b"aGVsbG8=", [sys.executable, "-c", script], log_dir=tmp_path)
+    with proc:
+        await wait_for(lambda: "got:aGVsbG8=\n" in proc.stderr_text(), 5)
+        await asyncio.sleep(0.1)
+        assert proc.returncode is None
+        proc.kill()
+        assert proc.wait(5) == -9
+    assert "EOF!" not in proc.stderr_text()
+
+
+def test_free_port_is_unique_and_bindable() -> None:
+    ports = {free_port() for _ in range(20)}
+    assert len(ports) == 20
+
+
+async def test_wait_for_returns_value_and_times_out_with_message() -> None:
+    calls = 0
+
+    async def third_time() -> int:
+        nonlocal calls
+        calls += 1
+        return calls if calls >= 3 else 0
+
+    assert await wait_for(third_time, 1, interval=0.001) == 3
+    with pytest.raises(TimeoutError, match="never"):
+        await wait_for(lambda: False, 0.05, message="never")
