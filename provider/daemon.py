@@ -9,7 +9,6 @@ request addressed to its host arrives. Everything with logic in it lives elsewhe
 from __future__ import annotations
 
 import asyncio
-import base64
 import uuid
 
 import nats
@@ -17,7 +16,6 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
-from contract.nkeys import KeyPair
 from contract.wire import (
     RPC_QUEUE_GROUP,
     SHUTDOWN_ACK,
@@ -31,7 +29,15 @@ from provider.chunking import ChunkStore
 from provider.invocations import InvocationHandler
 from provider.links import LinkRegistry
 from provider.metrics import Metrics
+from provider.natsconn import connect_options
 from provider.replication import Replicator, Standalone
+from provider.replication.config import (
+    REPLICATION_KEYS,
+    ReplicationConfig,
+    normalize,
+    parse_config_json,
+)
+from provider.replication.factory import build_replicator
 from provider.store import KeyValueStore
 
 log = structlog.get_logger("provider.daemon")
@@ -39,29 +45,6 @@ log = structlog.get_logger("provider.daemon")
 #: How often expired keys become tombstones and old tombstones are forgotten. Reads check
 #: deadlines themselves, so this only bounds memory, never correctness.
 SWEEP_INTERVAL_SECONDS = 30.0
-
-
-def connect_options(url: str, name: str, credentials: tuple[str, str] | None) -> dict:
-    """nats-py options for a long-lived daemon connection: reconnect forever, JWT+nkey auth.
-
-    The seed only ever lives inside the signing callback; it is never logged.
-    """
-    options: dict = {
-        "servers": [url],
-        "name": name,
-        "allow_reconnect": True,
-        "max_reconnect_attempts": -1,
-        "reconnect_time_wait": 0.5,
-        "connect_timeout": 5,
-    }
-    if credentials is not None:
-        jwt, seed = credentials
-        signer = KeyPair.from_seed(seed)
-        options["user_jwt_cb"] = lambda: jwt.encode()
-        options["signature_cb"] = lambda nonce: base64.urlsafe_b64encode(
-            signer.sign(nonce.encode())
-        ).rstrip(b"=")
-    return options
 
 
 class ProviderDaemon:
@@ -80,6 +63,9 @@ class ProviderDaemon:
         self._stopped = asyncio.Event()
         self._nc: NATS | None = None
         self._tasks: list[asyncio.Task] = []
+        self._replication: ReplicationConfig | None = None
+        self._warned_link_config = False
+        self._config_values = parse_config_json(host_data.config_json)
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> int:
@@ -89,7 +75,9 @@ class ProviderDaemon:
             f"with nats url {hd.nats_url}"
         )
         self._nc = nc = await nats.connect(
-            **connect_options(hd.nats_url, f"nats-kvcache {hd.provider_key}", hd.credentials()),
+            **connect_options(
+                hd.nats_url, f"nats-kvcache {hd.provider_key}", jwt_and_seed=hd.credentials()
+            ),
             error_cb=self._on_nats_error,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
@@ -103,6 +91,8 @@ class ProviderDaemon:
             self.metrics,
         )
         self._handler = handler
+        if "NATS_URL" in self._config_values:  # start-up config wins over any link's values
+            self._configure_replication(self._config_values, "config_json")
         for link in hd.link_definitions:
             self._add_link(link, at_start=True)
 
@@ -155,8 +145,47 @@ class ProviderDaemon:
             log.warning("link refused", actor=link.actor_id)
 
     def on_link(self, link: LinkDefinition) -> bool:
-        """The provider's link hook. Replication configuration hangs off this."""
+        """The provider's link hook: the first link decides how this instance replicates."""
+        values = normalize(link.values)
+        if self._replication is None:
+            self._configure_replication({**values, **self._config_values}, f"link {link.actor_id}")
+        elif any(key in values for key in REPLICATION_KEYS) and not self._warned_link_config:
+            later = self._replication_config_from(values)
+            if later.fingerprint() != self._replication.fingerprint():
+                self._warned_link_config = True
+                log.warning(
+                    "a later link asks for different replication settings; only the first "
+                    "link's settings apply until restart",
+                    actor=link.actor_id,
+                )
         return True
+
+    def _replication_config_from(self, values: dict[str, str]) -> ReplicationConfig:
+        hd = self.host_data
+        return ReplicationConfig.from_values(
+            values, lattice_prefix=hd.lattice_rpc_prefix, link_name=hd.link_name
+        )
+
+    def _configure_replication(self, values: dict[str, str], source: str) -> None:
+        """Decide, once, whether and how this instance replicates; start it in the background."""
+        config = self._replication_config_from(values)
+        self._replication = config
+        for problem in config.problems:
+            log.warning("replication setting rejected", problem=problem, source=source)
+        if not config.enabled:
+            log.info("standalone: no NATS_URL configured", source=source)
+            return
+        self.replicator = build_replicator(self.store, config)
+        log.info(
+            "replication configured",
+            source=source,
+            mode=config.mode,
+            url=config.nats_url,
+            events=config.events_subject,
+            replay=config.replay_subject,
+            heartbeat_secs=config.heartbeat_secs,
+        )
+        self._tasks.append(asyncio.create_task(self.replicator.start()))
 
     async def _on_link_put(self, msg: Msg) -> None:
         try:

@@ -1,0 +1,183 @@
+"""Replication settings, read from the first link's values or from ``HostData.config_json``.
+
+Keys are matched case-insensitively, like the Redis provider's ``URL``. Parsing is pure and
+total: a bad value is reported in :attr:`ReplicationConfig.problems` (logged by the caller) and
+the default is kept, so a typo never takes a cache down.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+DEFAULT_HEARTBEAT_SECS = 5.0
+DEFAULT_TOMBSTONE_HORIZON_SECS = 3600.0
+
+#: Keys that decide *how* we replicate. Used to tell whether a later link disagrees.
+REPLICATION_KEYS = (
+    "NATS_URL",
+    "CLIENT_JWT",
+    "CLIENT_SEED",
+    "CREDS_FILE",
+    "TLS_CA_FILE",
+    "TLS_CERT_FILE",
+    "TLS_KEY_FILE",
+    "STATE_REPL_SUBJECT",
+    "REPLAY_REQ_SUBJECT",
+    "REPLAY_HEARTBEAT_SECS",
+    "TOMBSTONE_HORIZON_SECS",
+    "REPLICATION",
+    "CACHE_PREFIX",
+    "JS_STORAGE",
+    "JS_REPLICAS",
+    "JS_MAX_BYTES",
+    "JS_DOMAIN",
+)
+
+#: Values never to be logged.
+SECRET_KEYS = frozenset({"CLIENT_JWT", "CLIENT_SEED"})
+
+_TOKEN_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def subject_token(text: str) -> str:
+    """Make ``text`` one safe NATS subject token (lattice prefixes and link names are free text)."""
+    return _TOKEN_UNSAFE.sub("_", text) or "_"
+
+
+def normalize(values: dict[str, str] | None) -> dict[str, str]:
+    """Upper-case the keys we know; keep only string values."""
+    if not values:
+        return {}
+    return {
+        key.upper(): value
+        for key, value in values.items()
+        if isinstance(key, str) and isinstance(value, str)
+    }
+
+
+def parse_config_json(config_json: str | None) -> dict[str, str]:
+    """``HostData.config_json`` as a flat ``{KEY: value}`` map; anything else yields ``{}``."""
+    if not config_json:
+        return {}
+    try:
+        document = json.loads(config_json)
+    except ValueError:
+        return {}
+    if not isinstance(document, dict):
+        return {}
+    return normalize({k: v if isinstance(v, str) else json.dumps(v) for k, v in document.items()})
+
+
+@dataclass(slots=True)
+class ReplicationConfig:
+    """Everything a replication backend needs to know, with the defaults applied."""
+
+    nats_url: str | None
+    events_subject: str
+    replay_subject: str
+    heartbeat_secs: float = DEFAULT_HEARTBEAT_SECS
+    tombstone_horizon_secs: float = DEFAULT_TOMBSTONE_HORIZON_SECS
+    mode: str = "nats"
+    client_jwt: str | None = field(default=None, repr=False)
+    client_seed: str | None = field(default=None, repr=False)
+    creds_file: str | None = None
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    cache_prefix: str = ""
+    js_storage: str = "memory"
+    js_replicas: int = 1
+    js_max_bytes: int = -1
+    js_domain: str | None = None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def enabled(self) -> bool:
+        return self.nats_url is not None
+
+    @classmethod
+    def from_values(
+        cls, values: dict[str, str], *, lattice_prefix: str, link_name: str
+    ) -> ReplicationConfig:
+        v = normalize(values)
+        lattice, link = subject_token(lattice_prefix), subject_token(link_name)
+        problems: list[str] = []
+        config = cls(
+            nats_url=_url(v.get("NATS_URL")),
+            events_subject=v.get("STATE_REPL_SUBJECT") or f"kvcache.{lattice}.{link}.events",
+            replay_subject=v.get("REPLAY_REQ_SUBJECT") or f"kvcache.{lattice}.{link}.replay",
+            client_jwt=v.get("CLIENT_JWT") or None,
+            client_seed=v.get("CLIENT_SEED") or None,
+            creds_file=v.get("CREDS_FILE") or None,
+            tls_ca_file=v.get("TLS_CA_FILE") or None,
+            tls_cert_file=v.get("TLS_CERT_FILE") or None,
+            tls_key_file=v.get("TLS_KEY_FILE") or None,
+            cache_prefix=v.get("CACHE_PREFIX") or f"{lattice}_{link}",
+            js_domain=v.get("JS_DOMAIN") or None,
+            problems=problems,
+        )
+        config.heartbeat_secs = _number(
+            v, "REPLAY_HEARTBEAT_SECS", DEFAULT_HEARTBEAT_SECS, 0.1, 3600, problems
+        )
+        config.tombstone_horizon_secs = _number(
+            v, "TOMBSTONE_HORIZON_SECS", DEFAULT_TOMBSTONE_HORIZON_SECS, 1, 30 * 86400, problems
+        )
+        mode = (v.get("REPLICATION") or "nats").strip().lower()
+        if mode not in ("nats", "jetstream"):
+            problems.append(f"REPLICATION={mode!r} is not 'nats' or 'jetstream'; using 'nats'")
+            mode = "nats"
+        config.mode = mode
+        storage = (v.get("JS_STORAGE") or "memory").strip().lower()
+        if storage not in ("memory", "file"):
+            problems.append(f"JS_STORAGE={storage!r} is not 'memory' or 'file'; using 'memory'")
+            storage = "memory"
+        config.js_storage = storage
+        config.js_replicas = int(_number(v, "JS_REPLICAS", 1, 1, 5, problems))
+        config.js_max_bytes = int(_number(v, "JS_MAX_BYTES", -1, -1, 2**62, problems))
+        if bool(config.client_jwt) != bool(config.client_seed):
+            problems.append("CLIENT_JWT and CLIENT_SEED must be given together; ignoring both")
+            config.client_jwt = config.client_seed = None
+        if bool(config.tls_cert_file) != bool(config.tls_key_file):
+            problems.append("TLS_CERT_FILE and TLS_KEY_FILE must be given together; ignoring both")
+            config.tls_cert_file = config.tls_key_file = None
+        return config
+
+    def fingerprint(self) -> tuple:
+        """What identifies the replication set-up (to spot a later link that disagrees)."""
+        return (
+            self.nats_url,
+            self.events_subject,
+            self.replay_subject,
+            self.mode,
+            self.cache_prefix,
+            self.creds_file,
+            self.client_jwt,
+        )
+
+
+def _url(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    return value if "://" in value else f"nats://{value}"
+
+
+def _number(
+    values: dict[str, str], key: str, default: float, low: float, high: float, problems: list[str]
+) -> float:
+    raw = values.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        number = float(raw)
+    except ValueError:
+        problems.append(f"{key}={raw!r} is not a number; using the default {default:g}")
+        return default
+    if not low <= number <= high or number != number:
+        problems.append(
+            f"{key}={raw!r} is outside {low:g}..{high:g}; using the default {default:g}"
+        )
+        return default
+    return number

@@ -1,0 +1,465 @@
+"""Replication over plain NATS (no JetStream): live deltas, snapshot replay, anti-entropy.
+
+Three mechanisms, each covering what the one before cannot:
+
+1. **Live deltas.** Each local change is batched (one message per event-loop turn, cut at
+   :data:`~.messages.CHUNK_TARGET_BYTES`) and published on the events subject. Batches are
+   numbered, so a receiver notices a lost one.
+2. **Snapshot replay.** A starting instance subscribes to the events first, then asks the replay
+   subject (a queue group: one peer answers) for a snapshot and *pulls* it in bounded chunks, one
+   request per chunk, which is its flow control. It merges the chunks like any other change.
+3. **Anti-entropy.** Every period each instance publishes its 1024 bucket digests. A peer whose
+   digests differ asks for the differing buckets, sending its own entries for them along; the
+   answer completes both sides. Traffic is proportional to what differs. A numbering gap, or a
+   reconnect, triggers a round at once instead of waiting for the period.
+
+Merging is idempotent and commutative (:mod:`provider.store.entry`), so duplicates, reordering
+and overlap between the three paths are harmless. While NATS is unreachable the store keeps
+serving; publishes are dropped and anti-entropy reconciles after the reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeoutError
+
+from provider.natsconn import connect_options
+from provider.store import BUCKETS, Change, KeyValueStore
+
+from . import messages as m
+from .base import ReplicationHealth
+from .config import ReplicationConfig
+from .peers import PeerTracker, differing_buckets
+
+log = structlog.get_logger("provider.replication")
+
+#: How long a starting instance waits for any peer to offer a snapshot.
+REPLAY_OFFER_TIMEOUT = 1.0
+#: How long one snapshot chunk or repair answer may take.
+REQUEST_TIMEOUT = 5.0
+#: Replication may be down this long (or two periods, if longer) before health says so.
+MIN_GRACE_SECS = 5.0
+#: Let in-flight deltas land before comparing buckets, so they aren't mistaken for loss.
+SETTLE_SECS = 0.05
+#: At most one early (gap-triggered) anti-entropy round per this many seconds.
+EARLY_ROUND_MIN_INTERVAL = 0.5
+#: Cap on log lines about dropped messages, per anti-entropy period.
+DROP_LOGS_PER_PERIOD = 5
+
+#: Ping often enough that a silently dead (blackholed) link shows up within the health grace.
+PING_INTERVAL_SECS = 2.0
+
+CONNECTION_NAME = "wasmCloud KV Cache Provider"
+
+
+class NatsReplicator:
+    """Keeps one store in step with its peers on a plain NATS server."""
+
+    name = "nats"
+
+    def __init__(
+        self,
+        store: KeyValueStore,
+        config: ReplicationConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.node = store.node_id
+        self._clock = clock
+        self._nc: NATS | None = None
+        self._pending: list[Change] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._repairing: set[str] = set()
+        self._seq = 0
+        self._digest_subject = f"{config.events_subject}.digest"
+        self._direct_prefix = f"{config.replay_subject}.node"
+        self.peers = PeerTracker(expiry_secs=max(3 * config.heartbeat_secs, 15.0))
+        self._down_since: float | None = clock()
+        self._replaying = True
+        self._last_early_round = 0.0
+        self._drop_logs = 0
+        self.counters = {
+            "batches_sent": 0,
+            "changes_sent": 0,
+            "changes_received": 0,
+            "dropped_messages": 0,
+            "gaps": 0,
+            "repairs": 0,
+            "repair_changes_in": 0,
+            "repair_changes_out": 0,
+            "repair_bytes": 0,
+            "snapshot_keys": 0,
+        }
+        self.last_anti_entropy: float | None = None
+        self.replay_seconds: float | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self.store.track_digests()
+        self._tasks.append(asyncio.create_task(self._run(), name="replication"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(Exception):
+                await self._flush_pending()
+                await asyncio.wait_for(self._nc.close(), timeout=2)
+
+    async def _run(self) -> None:
+        self._nc = await self._connect()
+        nc = self._nc
+        await nc.subscribe(self.config.events_subject, cb=self._on_batch)
+        await nc.subscribe(self._digest_subject, cb=self._on_digest)
+        await nc.subscribe(f"{self._direct_prefix}.{self.node}", cb=self._on_direct)
+        self._tasks.append(asyncio.create_task(self._flush_forever(), name="replication-flush"))
+        await self._replay()
+        await nc.subscribe(
+            self.config.replay_subject, queue="kvcache-replay", cb=self._on_snapshot_hello
+        )
+        self._tasks.append(asyncio.create_task(self._anti_entropy_forever(), name="anti-entropy"))
+
+    async def _connect(self) -> NATS:
+        """Connect, retrying forever: an unreachable server is a health problem, not a crash."""
+        cfg = self.config
+        options = connect_options(
+            cfg.nats_url,
+            CONNECTION_NAME,
+            jwt_and_seed=(cfg.client_jwt, cfg.client_seed) if cfg.client_jwt else None,
+            creds_file=cfg.creds_file,
+            tls_ca_file=cfg.tls_ca_file,
+            tls_cert_file=cfg.tls_cert_file,
+            tls_key_file=cfg.tls_key_file,
+            no_echo=True,
+            ping_interval=PING_INTERVAL_SECS,
+        )
+        delay = 0.5
+        while True:
+            try:
+                nc = await nats.connect(
+                    **options,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                    error_cb=self._on_error,
+                )
+            except Exception as error:
+                log.warning("replication server unreachable", url=cfg.nats_url, error=str(error))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._down_since = None
+            log.info("replication connected", url=cfg.nats_url, node=self.node)
+            return nc
+
+    # ------------------------------------------------------------------ live deltas
+    def publish(self, change: Change) -> None:
+        self._pending.append(change)
+        self._wake.set()
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            await self._flush_pending()
+
+    async def _flush_pending(self) -> None:
+        """Publish everything pending as numbered batches; never blocks the RPC path."""
+        pending, self._pending = self._pending, []
+        batch = m.Batch()
+        for change in pending:
+            packed = m.pack_change(change)
+            if not batch.fits(packed):
+                if batch.count:
+                    await self._send_batch(batch)
+                if not batch.fits(packed):
+                    log.warning(
+                        "change too large to replicate; anti-entropy skips it too",
+                        key_bytes=len(change.key),
+                        size=len(packed),
+                    )
+                    continue
+            batch.add(packed)
+        if batch.count:
+            await self._send_batch(batch)
+
+    async def _send_batch(self, batch: m.Batch) -> None:
+        count = batch.count
+        self._seq += 1
+        body = m.encode(m.Message("ch", self.node, seq=self._seq), batch.take())
+        try:
+            await self._nc.publish(self.config.events_subject, body)
+        except Exception as error:  # disconnected: anti-entropy repairs after the reconnect
+            log.debug("change batch not sent", error=str(error))
+            return
+        self.counters["batches_sent"] += 1
+        self.counters["changes_sent"] += count
+
+    async def _on_batch(self, msg: Msg) -> None:
+        message = self._decode(msg, "ch")
+        if message is None or message.node == self.node:
+            return
+        if self.peers.saw_batch(message.node, message.seq, self._clock()):
+            self.counters["gaps"] += 1
+            self._early_round()
+        for change in message.changes:
+            self.store.apply(change)
+        self.counters["changes_received"] += len(message.changes)
+
+    # ------------------------------------------------------------------ anti-entropy
+    async def _anti_entropy_forever(self) -> None:
+        while True:
+            await self._publish_digest()
+            self._drop_logs = 0
+            await asyncio.sleep(self.config.heartbeat_secs)
+
+    async def _publish_digest(self) -> None:
+        digests = self.store.track_digests()
+        body = m.encode(m.Message("dg", self.node, seq=self._seq, digests=digests))
+        with contextlib.suppress(Exception):
+            await self._nc.publish(self._digest_subject, body)
+
+    def _early_round(self) -> None:
+        """Publish our digests now, so peers compare and repair without waiting a period."""
+        now = self._clock()
+        if now - self._last_early_round >= EARLY_ROUND_MIN_INTERVAL:
+            self._last_early_round = now
+            self._tasks.append(asyncio.create_task(self._publish_digest()))
+            self._tasks = [t for t in self._tasks if not t.done()]
+
+    async def _on_digest(self, msg: Msg) -> None:
+        message = self._decode(msg, "dg")
+        if message is None or message.node == self.node or self._replaying:
+            return
+        peer = message.node
+        if self.peers.saw_digest(peer, message.seq, self._clock()):
+            self.counters["gaps"] += 1
+        differing = differing_buckets(self.store.track_digests(), message.digests)
+        if differing and peer not in self._repairing:
+            self._repairing.add(peer)
+            task = asyncio.create_task(self._repair(peer, differing))
+            task.add_done_callback(lambda _: self._repairing.discard(peer))
+        elif not differing:
+            self.last_anti_entropy = time.time()
+
+    async def _repair(self, peer: str, candidates: list[int]) -> None:
+        """Exchange the entries of differing buckets with ``peer``, in bounded messages."""
+        await asyncio.sleep(SETTLE_SECS)
+        self.counters["repairs"] += 1
+        remaining = list(candidates)
+        while remaining:
+            buckets, packed, count = self._pack_buckets(remaining)
+            remaining = remaining[len(buckets) :]
+            request = m.encode(m.Message("rr", self.node, buckets=buckets), packed)
+            self.counters["repair_changes_out"] += count
+            self.counters["repair_bytes"] += len(request)
+            try:
+                reply = await self._nc.request(
+                    f"{self._direct_prefix}.{peer}", request, timeout=REQUEST_TIMEOUT
+                )
+            except Exception as error:
+                log.info("repair with peer interrupted", peer=peer, error=str(error))
+                return
+            answer = self._decode(reply, "rp")
+            if answer is None:
+                return
+            self.counters["repair_bytes"] += len(reply.data)
+            self._apply_all(answer.changes, "repair_changes_in")
+            unanswered = [b for b in buckets if b not in set(answer.buckets)]
+            remaining = unanswered + remaining
+            if unanswered and not answer.buckets:
+                return  # the peer made no progress; the next period will try again
+        self.last_anti_entropy = time.time()
+
+    def _pack_buckets(self, buckets: list[int]) -> tuple[list[int], bytes, int]:
+        """Whole buckets from the front of ``buckets`` that fit one message (at least one)."""
+        batch = m.Batch()
+        taken: list[int] = []
+        for index in buckets:
+            parts = [m.pack_change(Change(k, e)) for k, e in self.store.bucket_items(index)]
+            size = sum(len(p) for p in parts)
+            if taken and batch.size + size > m.CHUNK_TARGET_BYTES:
+                break
+            taken.append(index)
+            for part in parts:
+                if batch.size + len(part) <= m.MAX_MESSAGE_BYTES - 4096:
+                    batch.add(part)
+        count = batch.count
+        return taken, batch.take(), count
+
+    async def _on_direct(self, msg: Msg) -> None:
+        """Requests addressed to this node: repair exchanges and snapshot pulls."""
+        message = self._decode(msg, None)
+        if message is None or not msg.reply:
+            return
+        if message.type == "rr":
+            self._apply_all(message.changes, "repair_changes_in")
+            buckets, packed, count = self._pack_buckets(message.buckets)
+            self.counters["repair_changes_out"] += count
+            body = m.encode(m.Message("rp", self.node, buckets=buckets), packed)
+            self.counters["repair_bytes"] += len(body) + len(msg.data)
+        elif message.type == "sp":
+            body = self._snapshot_chunk(message.buckets[0], message.offset)
+        else:
+            return
+        with contextlib.suppress(Exception):
+            await self._nc.publish(msg.reply, body)
+
+    def _apply_all(self, changes: list[Change], counter: str) -> None:
+        for change in changes:
+            self.store.apply(change)
+        self.counters[counter] += len(changes)
+
+    # ------------------------------------------------------------------ snapshot replay
+    async def _on_snapshot_hello(self, msg: Msg) -> None:
+        message = self._decode(msg, "sr")
+        if message is None or message.node == self.node or not msg.reply:
+            return
+        offer = m.Message("so", self.node, keys=len(self.store))
+        with contextlib.suppress(Exception):
+            await self._nc.publish(msg.reply, m.encode(offer))
+
+    def _snapshot_chunk(self, bucket: int, offset: int) -> bytes:
+        batch = m.Batch()
+        while bucket < BUCKETS:
+            items = self.store.bucket_items(bucket)
+            while offset < len(items):
+                key, entry = items[offset]
+                packed = m.pack_change(Change(key, entry))
+                if not batch.fits(packed):
+                    if batch.count:
+                        return self._chunk_body(batch, bucket, offset, end=False)
+                    offset += 1  # a single entry over the limit cannot travel; skip it
+                    continue
+                batch.add(packed)
+                offset += 1
+            bucket, offset = bucket + 1, 0
+        return self._chunk_body(batch, BUCKETS, 0, end=True)
+
+    def _chunk_body(self, batch: m.Batch, bucket: int, offset: int, *, end: bool) -> bytes:
+        message = m.Message("sc", self.node, buckets=[bucket], offset=offset, end=end)
+        return m.encode(message, batch.take())
+
+    async def _replay(self) -> None:
+        """Pull a snapshot from one peer; with nobody answering, start from what we have."""
+        started = time.perf_counter()
+        try:
+            hello = m.encode(m.Message("sr", self.node))
+            try:
+                reply = await self._nc.request(
+                    self.config.replay_subject, hello, timeout=REPLAY_OFFER_TIMEOUT
+                )
+            except (NoRespondersError, NatsTimeoutError):
+                log.info("no peer offered a snapshot; starting from local state")
+                return
+            offer = self._decode(reply, "so")
+            if offer is None:
+                return
+            log.info("replaying snapshot", peer=offer.node, keys=offer.keys)
+            await self._pull_snapshot(offer.node, offer.keys, started)
+        except Exception as error:
+            log.warning("snapshot replay incomplete; anti-entropy will fill in", error=str(error))
+        finally:
+            self._replaying = False
+            self.replay_seconds = time.perf_counter() - started
+
+    async def _pull_snapshot(self, peer: str, expected: int, started: float) -> None:
+        bucket, offset, merged, last_log = 0, 0, 0, started
+        subject = f"{self._direct_prefix}.{peer}"
+        while True:
+            pull = m.encode(m.Message("sp", self.node, buckets=[bucket], offset=offset))
+            reply = await self._nc.request(subject, pull, timeout=REQUEST_TIMEOUT)
+            chunk = self._decode(reply, "sc")
+            if chunk is None:
+                return
+            for change in chunk.changes:
+                self.store.apply(change)
+            merged += len(chunk.changes)
+            self.counters["snapshot_keys"] = merged
+            now = time.perf_counter()
+            if now - last_log >= 1.0:
+                last_log = now
+                rate = merged / (now - started)
+                eta = max(expected - merged, 0) / rate if rate else None
+                log.info(
+                    "replay progress",
+                    merged=merged,
+                    keys_per_sec=int(rate),
+                    eta_secs=None if eta is None else round(eta, 1),
+                )
+            if chunk.end:
+                elapsed = time.perf_counter() - started
+                log.info("replay complete", keys=merged, seconds=round(elapsed, 3))
+                return
+            bucket, offset = chunk.buckets[0], chunk.offset
+
+    # ------------------------------------------------------------------ health & status
+    def health(self) -> ReplicationHealth:
+        if self._down_since is not None:
+            down_for = self._clock() - self._down_since
+            grace = max(MIN_GRACE_SECS, 2 * self.config.heartbeat_secs)
+            if down_for > grace:
+                return ReplicationHealth(
+                    False,
+                    f"replication to {self.config.nats_url} down for {down_for:.0f}s; "
+                    "serving local state",
+                )
+        if self._replaying:
+            return ReplicationHealth(True, "replaying")
+        return ReplicationHealth(True)
+
+    def status(self) -> dict:
+        now = self._clock()
+        return {
+            "mode": self.name,
+            "node": self.node,
+            "connected": self._down_since is None,
+            "replaying": self._replaying,
+            "peers": [p.node for p in self.peers.live(now)],
+            "last_anti_entropy": self.last_anti_entropy,
+            "replay_seconds": self.replay_seconds,
+            **self.counters,
+        }
+
+    # ------------------------------------------------------------------ plumbing
+    def _decode(self, msg: Msg, expected: str | None) -> m.Message | None:
+        try:
+            message = m.decode(msg.data)
+            if expected is not None and message.type != expected:
+                raise m.MessageError(f"expected {expected!r}, got {message.type!r}")
+            return message
+        except m.MessageError as error:
+            self.counters["dropped_messages"] += 1
+            if self._drop_logs < DROP_LOGS_PER_PERIOD:
+                self._drop_logs += 1
+                log.warning("replication message dropped", subject=msg.subject, error=str(error))
+            return None
+
+    async def _on_disconnected(self) -> None:
+        if self._down_since is None:
+            self._down_since = self._clock()
+            log.warning("replication connection lost; serving local state")
+
+    async def _on_reconnected(self) -> None:
+        self._down_since = None
+        self.peers.forget_sequences()
+        log.info("replication connection restored; reconciling")
+        self._last_early_round = 0.0
+        self._early_round()
+
+    async def _on_error(self, error: Exception) -> None:
+        log.debug("replication connection error", error=str(error))

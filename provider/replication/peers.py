@@ -1,0 +1,68 @@
+"""What we know about the other replicas: liveness and missed messages. Pure.
+
+Each replica numbers its change batches 1, 2, 3, ... A batch number that skips ahead means a
+batch was lost on the way, and a digest that reports a later number than the last batch we got
+means the most recent batches were. Either way anti-entropy should run *now* instead of waiting
+for the next period. Node ids are fresh per process, so a restarted peer is simply a new peer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(slots=True)
+class Peer:
+    node: str
+    last_seq: int = 0
+    last_seen: float = 0.0
+    gaps: int = 0
+
+
+class PeerTracker:
+    def __init__(self, expiry_secs: float) -> None:
+        self.expiry_secs = expiry_secs
+        self._peers: dict[str, Peer] = {}
+
+    def _peer(self, node: str, now: float) -> tuple[Peer, bool]:
+        peer = self._peers.get(node)
+        new = peer is None
+        if new:
+            peer = self._peers[node] = Peer(node)
+        peer.last_seen = now
+        return peer, new
+
+    def saw_batch(self, node: str, seq: int, now: float) -> bool:
+        """Record batch ``seq`` from ``node``; True when batches before it were missed."""
+        peer, new = self._peer(node, now)
+        gap = not new and seq > peer.last_seq + 1
+        if seq > peer.last_seq:
+            peer.last_seq = seq
+        if gap:
+            peer.gaps += 1
+        return gap
+
+    def saw_digest(self, node: str, seq: int, now: float) -> bool:
+        """Record a digest reporting ``seq`` batches sent; True when we missed some."""
+        peer, new = self._peer(node, now)
+        gap = not new and seq > peer.last_seq
+        if seq > peer.last_seq:
+            peer.last_seq = seq
+        if gap:
+            peer.gaps += 1
+        return gap
+
+    def forget_sequences(self) -> None:
+        """After our own reconnect, sequence history says nothing about what we missed."""
+        for peer in self._peers.values():
+            peer.last_seq = 0
+
+    def live(self, now: float) -> list[Peer]:
+        """Peers heard from recently; stale ones are dropped."""
+        for node in [n for n, p in self._peers.items() if now - p.last_seen > self.expiry_secs]:
+            del self._peers[node]
+        return sorted(self._peers.values(), key=lambda p: p.node)
+
+
+def differing_buckets(mine: list[int], theirs: list[int]) -> list[int]:
+    return [index for index, (a, b) in enumerate(zip(mine, theirs, strict=True)) if a != b]
