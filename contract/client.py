@@ -1,0 +1,182 @@
+"""An async ``wasmcloud:keyvalue`` client that talks to the provider the way a host does.
+
+Tests, the CLI and the benchmarks need to drive a running provider without a wasmCloud host.
+This client builds the same signed, host-layout Invocations the OTP host sends and publishes them
+on the provider's RPC subject with an ordinary NATS request, so whatever works through it works
+for a real host too. It is the only module of ``contract`` that performs I/O, and only through
+the connection object it is given (any object with nats-py's ``request`` coroutine).
+
+Limitations: request bodies are never chunked (a NATS server with the default 1 MiB
+``max_payload`` limits arguments to roughly 1 MiB) and chunked replies are reported as errors.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from contract.claims import invocation_hash, sign_claims
+from contract.keyvalue import (
+    CONTRACT_ID,
+    GetResponse,
+    IncrementRequest,
+    ListAddRequest,
+    ListDelRequest,
+    ListRangeRequest,
+    SetAddRequest,
+    SetDelRequest,
+    SetRequest,
+    resolve_operation,
+)
+from contract.nkeys import KeyPair
+from contract.wire import Invocation, InvocationResponse, Subjects, WasmCloudEntity
+
+__all__ = ["KeyValueClient", "KeyValueError"]
+
+
+class KeyValueError(Exception):
+    """The provider answered with ``InvocationResponse.error``; ``str(err)`` is that text."""
+
+
+class _Msg(Protocol):
+    data: bytes
+
+
+class _Requester(Protocol):
+    async def request(self, subject: str, payload: bytes = b"", timeout: float = ...) -> _Msg: ...
+
+
+class KeyValueClient:
+    """Signs and sends KeyValue invocations for one (actor, provider, link) triple.
+
+    NATS errors (timeouts, no responders) propagate unchanged from the connection object.
+    """
+
+    __slots__ = (
+        "_host_id",
+        "_nc",
+        "_origin",
+        "_origin_url",
+        "_signer",
+        "_subject",
+        "_target",
+        "_target_url_prefix",
+        "_timeout",
+    )
+
+    def __init__(
+        self,
+        nc: _Requester,
+        *,
+        lattice_prefix: str,
+        provider_key: str,
+        link_name: str = "default",
+        signer: KeyPair,
+        actor_key: str,
+        contract_id: str = CONTRACT_ID,
+        host_id: str | None = None,
+        timeout: float = 2.0,
+    ) -> None:
+        self._nc = nc
+        self._signer = signer
+        self._timeout = timeout
+        # Everything that does not depend on the call is computed once: only the id, the
+        # argument hash and the signature change per invocation.
+        self._subject = Subjects(lattice_prefix, provider_key, link_name).rpc
+        self._origin = WasmCloudEntity(actor_key, "", "")
+        self._target = WasmCloudEntity(provider_key, link_name, contract_id)
+        self._origin_url = self._origin.url()
+        self._target_url_prefix = f"{self._target.url()}/"
+        self._host_id = signer.public_key if host_id is None else host_id
+
+    @property
+    def subject(self) -> str:
+        return self._subject
+
+    def build_invocation(self, operation: str, msg: bytes) -> Invocation:
+        """A freshly signed Invocation (exposed for tests that tamper with it before sending)."""
+        inv_id = str(uuid.uuid4())
+        target_url = self._target_url_prefix + operation
+        token = sign_claims(
+            self._signer,
+            origin_url=self._origin_url,
+            target_url=target_url,
+            hash=invocation_hash(self._origin_url, target_url, operation, msg),
+            subject=inv_id,
+        )
+        return Invocation(
+            self._origin, self._target, operation, msg, inv_id, token, self._host_id, len(msg)
+        )
+
+    async def invoke(
+        self, operation: str, msg: bytes, *, timeout: float | None = None
+    ) -> InvocationResponse:
+        """Send one raw invocation and decode the reply (errors are returned, not raised)."""
+        payload = self.build_invocation(operation, msg).encode()
+        reply = await self._nc.request(
+            self._subject, payload, timeout=self._timeout if timeout is None else timeout
+        )
+        return InvocationResponse.decode(reply.data)
+
+    async def call(self, method: str, arg: Any) -> Any:
+        """Invoke ``KeyValue.<method>`` with a Python argument and return the decoded result."""
+        op = resolve_operation(f"KeyValue.{method}")
+        resp = await self.invoke(op.wire_name, op.encode_input(arg))
+        if resp.error is not None:
+            raise KeyValueError(resp.error)
+        if resp.content_length is not None and resp.content_length > len(resp.msg):
+            raise KeyValueError(
+                f"chunked response ({resp.content_length} bytes) is not supported by this client"
+            )
+        return op.decode_output(resp.msg)
+
+    # ------------------------------------------------------------- typed helpers ----
+
+    async def get(self, key: str) -> GetResponse:
+        return await self.call("Get", key)
+
+    async def set(self, key: str, value: str, expires: int = 0) -> None:
+        await self.call("Set", SetRequest(key, value, expires))
+
+    async def delete(self, key: str) -> bool:
+        return await self.call("Del", key)
+
+    async def contains(self, key: str) -> bool:
+        return await self.call("Contains", key)
+
+    async def increment(self, key: str, delta: int) -> int:
+        return await self.call("Increment", IncrementRequest(key, delta))
+
+    async def list_add(self, list_name: str, value: str) -> int:
+        return await self.call("ListAdd", ListAddRequest(list_name, value))
+
+    async def list_del(self, list_name: str, value: str) -> bool:
+        return await self.call("ListDel", ListDelRequest(list_name, value))
+
+    async def list_clear(self, list_name: str) -> bool:
+        return await self.call("ListClear", list_name)
+
+    async def list_range(self, list_name: str, start: int, stop: int) -> list[str]:
+        return await self.call("ListRange", ListRangeRequest(list_name, start, stop))
+
+    async def set_add(self, set_name: str, value: str) -> int:
+        return await self.call("SetAdd", SetAddRequest(set_name, value))
+
+    async def set_del(self, set_name: str, value: str) -> int:
+        return await self.call("SetDel", SetDelRequest(set_name, value))
+
+    async def set_query(self, set_name: str) -> list[str]:
+        return await self.call("SetQuery", set_name)
+
+    async def set_union(self, set_names: Iterable[str]) -> list[str]:
+        return await self.call("SetUnion", set_names)
+
+    async def set_intersection(self, set_names: Iterable[str]) -> list[str]:
+        return await self.call("SetIntersection", set_names)
+
+    async def set_clear(self, set_name: str) -> bool:
+        return await self.call("SetClear", set_name)
+
+    def __repr__(self) -> str:
+        return f"KeyValueClient(subject={self._subject!r}, actor={self._origin.public_key!r})"
