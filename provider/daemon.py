@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable
 
 import nats
 import structlog
@@ -38,7 +39,7 @@ from provider.replication.config import (
     parse_config_json,
 )
 from provider.replication.factory import build_replicator
-from provider.store import KeyValueStore
+from provider.store import Change, KeyValueStore
 
 log = structlog.get_logger("provider.daemon")
 
@@ -120,8 +121,8 @@ class ProviderDaemon:
         if msg.reply:
             await self._nc.publish(msg.reply, response.encode())
 
-    def _publish_change(self, change) -> None:
-        self.replicator.publish(change)
+    def _publish_change(self, change: Change) -> Awaitable[None] | None:
+        return self.replicator.publish(change)
 
     # ------------------------------------------------------------------ links
     def _decode_link(self, data: bytes) -> LinkDefinition:

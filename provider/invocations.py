@@ -11,7 +11,7 @@ envelope needs, and claims are verified on every single call.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -29,12 +29,20 @@ from provider.chunking import RESPONSE_CHUNK_THRESHOLD, ChunkError, ChunkStore
 from provider.kvservice import execute
 from provider.links import LinkRegistry
 from provider.metrics import Metrics
+from provider.replication.base import ReplicationError
 from provider.store import Change, KeyValueStore, StoreError
 
 log = structlog.get_logger("provider.invocations")
 
 #: Refusals whose text goes back to the actor as-is.
-_REFUSALS = (ClaimsError, UnknownOperationError, ArgumentError, StoreError, ChunkError)
+_REFUSALS = (
+    ClaimsError,
+    UnknownOperationError,
+    ArgumentError,
+    StoreError,
+    ChunkError,
+    ReplicationError,
+)
 
 
 class _Refused(Exception):
@@ -49,7 +57,7 @@ class InvocationHandler:
         host_data: HostData,
         links: LinkRegistry,
         store: KeyValueStore,
-        publish_change: Callable[[Change], None],
+        publish_change: Callable[[Change], Awaitable[None] | None],
         chunks: ChunkStore,
         metrics: Metrics,
     ) -> None:
@@ -74,7 +82,11 @@ class InvocationHandler:
         try:
             if inv.content_length is not None and inv.content_length > len(inv.msg):
                 inv.msg = await self._chunks.fetch_request(inv.id, inv.content_length)
-            output = self._execute(inv)
+            output, change = self._execute(inv)
+            if change is not None:
+                durable = self._publish_change(change)
+                if durable is not None:  # a synchronous backend: answer once it is stored
+                    await durable
             if len(output) > RESPONSE_CHUNK_THRESHOLD:
                 await self._chunks.store_response(inv.id, output)
                 response = InvocationResponse(b"", inv.id, None, len(output))
@@ -91,7 +103,7 @@ class InvocationHandler:
             log.exception("invocation failed", operation=operation_name)
             return InvocationResponse.failure(inv.id, f"internal error: {type(error).__name__}")
 
-    def _execute(self, inv: Invocation) -> bytes:
+    def _execute(self, inv: Invocation) -> tuple[bytes, Change | None]:
         claims = validate_invocation(inv)
         if claims["iss"] not in self._issuers:
             raise _Refused(issuer_not_trusted_error())
@@ -101,7 +113,4 @@ class InvocationHandler:
             raise _Refused(unlinked_actor_error(inv.origin.public_key))
         operation = resolve_operation(inv.operation)
         argument = operation.decode_input(inv.msg)
-        output, change = execute(self._store, operation, argument)
-        if change is not None:
-            self._publish_change(change)
-        return output
+        return execute(self._store, operation, argument)

@@ -25,9 +25,12 @@ def connect_options(
     no_echo: bool = False,
     ping_interval: float = 120,
 ) -> dict:
-    """Keyword arguments for ``nats.connect`` for a long-lived daemon connection."""
+    """Keyword arguments for ``nats.connect`` for a long-lived daemon connection.
+
+    ``url`` may list several servers of one cluster, comma-separated, for failover.
+    """
     options: dict = {
-        "servers": [url],
+        "servers": [part.strip() for part in url.split(",") if part.strip()],
         "name": name,
         "allow_reconnect": True,
         "max_reconnect_attempts": -1,

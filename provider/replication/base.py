@@ -7,10 +7,15 @@ for the network: a replicated ``Set`` must answer as fast as a standalone one. E
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import Protocol
 
 from provider.store import Change
+
+
+class ReplicationError(Exception):
+    """A write could not be made durable; the text goes back to the actor."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -27,8 +32,13 @@ class Replicator(Protocol):
     async def start(self) -> None:
         """Connect and catch up. Must not raise on an unreachable server: report it in health."""
 
-    def publish(self, change: Change) -> None:
-        """Ship a local change to the peers. Non-blocking; never raises."""
+    def publish(self, change: Change) -> Awaitable[None] | None:
+        """Ship a local change to the peers.
+
+        Asynchronous backends return None and never block the RPC path. A durable backend
+        returns an awaitable that completes once the change is stored, or raises
+        :class:`ReplicationError`; the actor's answer waits for it.
+        """
 
     def health(self) -> ReplicationHealth:
         """How replication is doing, for the host's health checks."""

@@ -12,6 +12,10 @@ def build_replicator(store: KeyValueStore, config: ReplicationConfig) -> Replica
     if not config.enabled:
         return Standalone()
     store.tombstone_horizon_ms = int(config.tombstone_horizon_secs * 1000)
+    if config.mode == "jetstream":
+        from .jetstream import JetStreamReplicator
+
+        return JetStreamReplicator(store, config)
     from .natsrepl import NatsReplicator
 
     return NatsReplicator(store, config)

@@ -1,0 +1,350 @@
+"""Durable replication on a JetStream stream with one message per subject.
+
+The stream ``LATTICECACHE_{prefix}`` (subjects ``lc.{prefix}.>``, at most one message per
+subject) always holds the latest merged state of every key, so it *is* the cache's durable copy:
+operators choose its storage and replica count on their own cluster, and any instance can
+rebuild from it after every provider has stopped.
+
+* **Writes** are acknowledged to the actor only after JetStream acknowledged them. Each publish
+  carries the key's full merged state and ``Nats-Expected-Last-Subject-Sequence``; when another
+  instance wrote the key in between, the publish is refused, we read the newer state, merge it
+  (increments, set adds and list appends from both sides survive the merge) and try again.
+  ``Nats-Msg-Id`` lets a retried publish be de-duplicated by the server.
+* **Reads** stay local: an ordered consumer replays the stream (last message per subject) at
+  start-up, then tails it, merging everything into the in-memory store.
+
+Key names become subject tokens by base64url (reversible, and never a wildcard or separator);
+keys too long for a subject are named by their SHA-256. The message body always carries the key,
+so an actor's key can never address another subject.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import hashlib
+import itertools
+import time
+from collections.abc import Callable
+
+import msgpack
+import nats
+import structlog
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.errors import APIError, NotFoundError
+
+from provider.natsconn import connect_options
+from provider.store import Change, KeyValueStore
+from provider.store.codec import ChangeDecodeError, decode_change, encode_change
+
+from .base import ReplicationError, ReplicationHealth
+from .config import ReplicationConfig, subject_token
+
+log = structlog.get_logger("provider.replication.jetstream")
+
+FORMAT = 1
+#: JetStream's error code for a failed expected-last-subject-sequence check.
+WRONG_LAST_SEQUENCE = 10071
+#: Optimistic-concurrency attempts per write before the actor gets an error.
+MAX_ATTEMPTS = 8
+PUBLISH_TIMEOUT = 2.0
+#: base64url tokens longer than this name the key by hash instead (subjects have a size limit).
+MAX_TOKEN_CHARS = 1024
+CONNECTION_NAME = "wasmCloud KV Cache Provider (JetStream)"
+
+
+def key_token(key: str) -> str:
+    """A subject token for ``key``: ``_`` + base64url, or ``h`` + SHA-256 for very long keys."""
+    raw = key.encode("utf-8", "surrogatepass")
+    token = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    if len(token) <= MAX_TOKEN_CHARS:
+        return "_" + token
+    return "h" + hashlib.sha256(raw).hexdigest()
+
+
+def encode_record(change: Change) -> bytes:
+    return msgpack.packb([FORMAT, encode_change(change)], use_bin_type=True)
+
+
+def decode_record(data: bytes) -> Change:
+    try:
+        version, body = msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as error:
+        raise ChangeDecodeError(f"not a cache record: {error}") from None
+    if version != FORMAT:
+        raise ChangeDecodeError(f"unsupported record format {version!r}")
+    return decode_change(body)
+
+
+def stream_settings(config: ReplicationConfig) -> api.StreamConfig:
+    """The stream we create when none exists (issue-specified defaults, operator overrides)."""
+    prefix = subject_token(config.cache_prefix)
+    return api.StreamConfig(
+        name=f"LATTICECACHE_{prefix}",
+        subjects=[f"lc.{prefix}.>"],
+        retention=api.RetentionPolicy.LIMITS,
+        max_consumers=-1,
+        max_msgs_per_subject=1,
+        storage=api.StorageType.FILE if config.js_storage == "file" else api.StorageType.MEMORY,
+        num_replicas=config.js_replicas,
+        max_bytes=config.js_max_bytes,
+        duplicate_window=120.0,
+    )
+
+
+class JetStreamReplicator:
+    """Keeps the store in step with the lattice-cache stream."""
+
+    name = "jetstream"
+
+    def __init__(
+        self,
+        store: KeyValueStore,
+        config: ReplicationConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.settings = stream_settings(config)
+        self.stream = self.settings.name
+        self._prefix = self.settings.subjects[0][:-1]  # "lc.{prefix}."
+        self._clock = clock
+        self._nc: NATS | None = None
+        self._js = None
+        self._seqs: dict[str, int] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._ids = itertools.count(1)
+        self._tasks: list[asyncio.Task] = []
+        self._problem: str | None = None
+        self._down_since: float | None = clock()
+        self._ready = asyncio.Event()
+        self._replaying = True
+        self._replay_target = 0
+        self.counters = {"writes": 0, "conflicts": 0, "applied": 0, "dropped_messages": 0}
+        self.replay_seconds: float | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._run(), name="jetstream"))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self._nc is not None and not self._nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.close(), timeout=2)
+
+    async def _run(self) -> None:
+        cfg = self.config
+        options = connect_options(
+            cfg.nats_url,
+            CONNECTION_NAME,
+            jwt_and_seed=(cfg.client_jwt, cfg.client_seed) if cfg.client_jwt else None,
+            creds_file=cfg.creds_file,
+            tls_ca_file=cfg.tls_ca_file,
+            tls_cert_file=cfg.tls_cert_file,
+            tls_key_file=cfg.tls_key_file,
+            ping_interval=2.0,
+        )
+        delay = 0.5
+        while True:
+            try:
+                self._nc = await nats.connect(
+                    **options,
+                    disconnected_cb=self._on_disconnected,
+                    reconnected_cb=self._on_reconnected,
+                )
+                break
+            except Exception as error:
+                self._problem = f"JetStream server {cfg.nats_url} unreachable: {error}"
+                log.warning("jetstream server unreachable", url=cfg.nats_url, error=str(error))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        self._down_since = None
+        self._js = self._nc.jetstream(domain=cfg.js_domain)
+        try:
+            info = await self._ensure_stream()
+        except Exception as error:
+            self._problem = (
+                f"JetStream unavailable for stream {self.stream}: {error or type(error).__name__}; "
+                "serving local state only"
+            )
+            self._replaying = False
+            log.error("jetstream mode cannot run", error=self._problem)
+            return
+        self._problem = None
+        started = time.perf_counter()
+        self._replay_target = info.state.last_seq
+        if info.state.messages == 0:
+            self._finish_replay(started)
+        self._replay_started = started
+        await self._js.subscribe(
+            f"{self._prefix}>",
+            stream=self.stream,
+            ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            cb=self._on_record,
+        )
+
+    async def _ensure_stream(self) -> api.StreamInfo:
+        """Use an existing stream exactly as it is; create ours only when there is none."""
+        jsm = self._js
+        try:
+            info = await jsm.stream_info(self.stream)
+        except NotFoundError:
+            info = await jsm.add_stream(self.settings)
+            log.info(
+                "lattice cache stream created",
+                stream=self.stream,
+                storage=str(self.settings.storage),
+                replicas=self.settings.num_replicas,
+            )
+            return info
+        existing = info.config
+        log.info(
+            "using existing lattice cache stream as it is",
+            stream=self.stream,
+            subjects=existing.subjects,
+            storage=str(existing.storage),
+            replicas=existing.num_replicas,
+            max_msgs_per_subject=existing.max_msgs_per_subject,
+            max_bytes=existing.max_bytes,
+        )
+        if existing.max_msgs_per_subject != 1:
+            log.warning(
+                "LATTICE CACHE STREAM KEEPS MORE THAN ONE MESSAGE PER SUBJECT: it grows with "
+                "every write; recreate it with max_msgs_per_subject=1",
+                stream=self.stream,
+                max_msgs_per_subject=existing.max_msgs_per_subject,
+            )
+        return info
+
+    # ------------------------------------------------------------------ writes
+    def publish(self, change: Change):
+        """Return an awaitable that completes once JetStream holds the key's merged state."""
+        return self._persist(change.key)
+
+    async def _persist(self, key: str) -> None:
+        if self._js is None:
+            raise ReplicationError(
+                f"replication: {self._problem or 'JetStream connection not ready'}"
+            )
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        try:
+            async with lock:  # one publish per key at a time from this instance
+                await self._publish_merged(key)
+        finally:
+            if not lock.locked() and not lock._waiters:
+                self._locks.pop(key, None)
+
+    async def _publish_merged(self, key: str) -> None:
+        subject = self._prefix + key_token(key)
+        write_id = next(self._ids)
+        for attempt in range(MAX_ATTEMPTS):
+            entry = self.store.entry(key)
+            body = encode_record(Change(key, entry))
+            headers = {
+                "Nats-Expected-Last-Subject-Sequence": str(self._seqs.get(subject, 0)),
+                "Nats-Msg-Id": f"{self.store.node_id}-{write_id}-{attempt}",
+            }
+            try:
+                ack = await self._js.publish(
+                    subject, body, timeout=PUBLISH_TIMEOUT, stream=self.stream, headers=headers
+                )
+            except APIError as error:
+                if error.err_code != WRONG_LAST_SEQUENCE:
+                    raise ReplicationError(
+                        f"replication: JetStream refused the write: {error}"
+                    ) from None
+                self.counters["conflicts"] += 1
+                await self._reload(subject)
+                continue
+            except Exception as error:
+                reason = str(error) or type(error).__name__
+                raise ReplicationError(
+                    f"replication: write not acknowledged by JetStream: {reason}"
+                ) from None
+            self._note_seq(subject, ack.seq)
+            self.counters["writes"] += 1
+            return
+        raise ReplicationError("replication: too many concurrent writers on this key; try again")
+
+    async def _reload(self, subject: str) -> None:
+        """Merge the stream's current state of ``subject`` after losing a write race."""
+        try:
+            raw = await self._js.get_last_msg(self.stream, subject)
+        except NotFoundError:
+            self._seqs.pop(subject, None)  # purged meanwhile: expect an empty subject
+            return
+        self._apply(raw.data, subject, raw.seq)
+
+    # ------------------------------------------------------------------ reads
+    async def _on_record(self, msg: Msg) -> None:
+        meta = msg.metadata
+        self._apply(msg.data, msg.subject, meta.sequence.stream)
+        if self._replaying and (
+            meta.num_pending == 0 or meta.sequence.stream >= self._replay_target
+        ):
+            self._finish_replay(self._replay_started)
+
+    def _apply(self, data: bytes, subject: str, seq: int) -> None:
+        try:
+            change = decode_record(data)
+        except ChangeDecodeError as error:
+            self.counters["dropped_messages"] += 1
+            log.warning("cache record dropped", subject=subject, error=str(error))
+            return
+        if self._prefix + key_token(change.key) != subject:
+            self.counters["dropped_messages"] += 1
+            log.warning("cache record names another key than its subject; dropped", subject=subject)
+            return
+        self.store.apply(change)
+        self._note_seq(subject, seq)
+        self.counters["applied"] += 1
+
+    def _note_seq(self, subject: str, seq: int) -> None:
+        if seq > self._seqs.get(subject, 0):
+            self._seqs[subject] = seq
+
+    def _finish_replay(self, started: float) -> None:
+        self._replaying = False
+        self.replay_seconds = time.perf_counter() - started
+        log.info(
+            "stream replay complete", keys=len(self._seqs), seconds=round(self.replay_seconds, 3)
+        )
+
+    # ------------------------------------------------------------------ health
+    def health(self) -> ReplicationHealth:
+        if self._problem is not None:
+            return ReplicationHealth(False, self._problem)
+        if self._down_since is not None and self._clock() - self._down_since > 5.0:
+            return ReplicationHealth(
+                False, f"JetStream connection to {self.config.nats_url} down; serving local state"
+            )
+        if self._replaying:
+            return ReplicationHealth(True, "replaying")
+        return ReplicationHealth(True)
+
+    def status(self) -> dict:
+        return {
+            "mode": self.name,
+            "stream": self.stream,
+            "connected": self._down_since is None,
+            "replaying": self._replaying,
+            "keys_in_stream": len(self._seqs),
+            "replay_seconds": self.replay_seconds,
+            **self.counters,
+        }
+
+    async def _on_disconnected(self) -> None:
+        if self._down_since is None:
+            self._down_since = self._clock()
+
+    async def _on_reconnected(self) -> None:
+        self._down_since = None
