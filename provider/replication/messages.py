@@ -145,8 +145,11 @@ def _uint(value: Any) -> int:
 
 
 def _bucket(value: Any) -> int:
+    # Bucket ids and non-final snapshot cursors are always < BUCKETS (a final chunk's cursor
+    # is not decoded). Accepting BUCKETS itself made a repair request for "bucket 1024" raise
+    # IndexError in the receiver's callback instead of being dropped.
     index = _uint(value)
-    if index > BUCKETS:
+    if index >= BUCKETS:
         raise MessageError(f"bucket {index} out of range")
     return index
 

@@ -55,7 +55,8 @@ EARLY_ROUND_MIN_INTERVAL = 0.5
 #: Cap on log lines about dropped messages, per anti-entropy period.
 DROP_LOGS_PER_PERIOD = 5
 
-#: Ping often enough that a silently dead (blackholed) link shows up within the health grace.
+#: A silently dead (blackholed) link is noticed after two unanswered pings (~6 s); the health
+#: grace counts from then.
 PING_INTERVAL_SECS = 2.0
 
 CONNECTION_NAME = "wasmCloud KV Cache Provider"
