@@ -8,12 +8,14 @@ are attached to its report, because "timed out" alone rarely explains a distribu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
+from tests.harness.fakehost import FakeHost
 from tests.harness.natsserver import NatsCluster, NatsServer
 from tests.harness.processes import ProviderProcess, kill_all_children, tail
 from tests.harness.proxy import FaultProxy
@@ -104,3 +106,97 @@ def provider_factory(
     finally:
         for proc in started:
             proc.kill()
+
+
+# -- fake wasmCloud host ---------------------------------------------------------------------
+#
+# ``fake_host`` / ``fake_host_factory`` give each test its own provider process (function
+# scope, function event loop). Modules whose tests don't interfere can share one provider with
+# the ``module_*`` fixtures: their async fixtures live on the module's event loop, so such a
+# module marks its tests ``pytest.mark.asyncio(loop_scope="module")``.
+
+
+@pytest_asyncio.fixture
+async def fake_host_factory(
+    nats_server: NatsServer, provider_factory: Callable[..., ProviderProcess]
+) -> AsyncIterator[Callable[..., Awaitable[FakeHost]]]:
+    """``await fake_host_factory(start=True, **FakeHost options)``: a host with its provider."""
+    hosts: list[FakeHost] = []
+
+    async def make(*, start: bool = True, **options: Any) -> FakeHost:
+        host = FakeHost(nats_server, provider_factory, **options)
+        hosts.append(host)
+        if start:
+            await host.start()
+        return host
+
+    try:
+        yield make
+    finally:
+        for host in hosts:
+            await host.stop()
+
+
+@pytest_asyncio.fixture
+async def fake_host(fake_host_factory: Callable[..., Awaitable[FakeHost]]) -> FakeHost:
+    """A started OTP-style FakeHost whose provider is healthy and has ``keys.actor`` linked."""
+    return await fake_host_factory()
+
+
+@pytest.fixture
+def attach_log(request: pytest.FixtureRequest) -> Callable[[str, Path], None]:
+    """``attach_log(title, path)``: show that log's tail in this test's report if it fails."""
+    return lambda title, path: _attach_log(request, title, path)
+
+
+@pytest.fixture(scope="module")
+def module_nats_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+    """One JetStream nats-server shared by every test of a module."""
+    server = NatsServer(tmp_path_factory.mktemp("module-nats"), jetstream=True)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(scope="module")
+def module_provider_factory(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., ProviderProcess]]:
+    """Like ``provider_factory``, but the processes live until the module's tests are done."""
+    log_dir = tmp_path_factory.mktemp("module-logs")
+    started: list[ProviderProcess] = []
+
+    def start(stdin_line: bytes, cmd: list[str] | None = None, **kw: Any) -> ProviderProcess:
+        name = kw.pop("name", f"provider{len(started)}")
+        proc = ProviderProcess(stdin_line, cmd, log_dir=log_dir, name=name, **kw)
+        started.append(proc)
+        return proc.start()
+
+    try:
+        yield start
+    finally:
+        for proc in started:
+            proc.kill()
+
+
+@pytest_asyncio.fixture(loop_scope="module", scope="module")
+async def module_fake_host_factory(
+    module_nats_server: NatsServer, module_provider_factory: Callable[..., ProviderProcess]
+) -> AsyncIterator[Callable[..., Awaitable[FakeHost]]]:
+    """``fake_host_factory`` for the module's event loop; hosts are stopped after the module."""
+    hosts: list[FakeHost] = []
+
+    async def make(*, start: bool = True, **options: Any) -> FakeHost:
+        host = FakeHost(module_nats_server, module_provider_factory, **options)
+        hosts.append(host)
+        if start:
+            await host.start()
+        return host
+
+    try:
+        yield make
+    finally:
+        for host in hosts:
+            await host.stop()
