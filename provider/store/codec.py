@@ -72,6 +72,8 @@ def decode_change(data: Any) -> Change:
                 _check(_is_uint(n) and isinstance(text, str), "list item")
                 decoded.append((item_stamp, node, n, text))
             decoded.sort()
+            # One dot names one item; two would collapse into one on the next join.
+            _check(len({item[1:3] for item in decoded}) == len(decoded), "duplicate list dot")
             value = ListPayload(decoded, _decode_ctx(vv, cloud))
         else:
             members, vv, cloud = payload
@@ -80,6 +82,9 @@ def decode_change(data: Any) -> Change:
                 {_str(member): {_dot(dot) for dot in dots} for member, dots in members.items()},
                 _decode_ctx(vv, cloud),
             )
+            # A member without dots would show on the replica that adopts the record whole and
+            # vanish on any that joins it: applying it twice would change the state.
+            _check(all(value.members.values()), "set member without dots")
         decoded_counts = None
         if counts is not None:
             _check(isinstance(counts, dict), "counts")
@@ -101,7 +106,8 @@ def decode_change(data: Any) -> Change:
 def _decode_ctx(vv: Any, cloud: Any) -> CausalContext:
     _check(isinstance(vv, dict), "version vector")
     for node, n in vv.items():
-        _check(isinstance(node, str) and _is_uint(n), "version vector")
+        # n == 0 means "nothing seen", which the vector never stores: keeps the form canonical.
+        _check(isinstance(node, str) and _is_uint(n) and n > 0, "version vector")
     ctx = CausalContext(dict(vv), {_dot(dot) for dot in cloud})
     ctx.compact()
     return ctx

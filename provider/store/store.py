@@ -24,9 +24,10 @@ from .hlc import HybridClock, stamp_ms, wall_ms
 BUCKETS = 1024
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 
-#: Tombstones and emptied containers older than this are forgotten. Until then they stop a late
-#: or replayed message from resurrecting what was deleted; a peer cut off for longer than this
-#: can bring a deleted key back. One hour by default; the provider makes it configurable.
+#: Tombstones older than this are forgotten. Until then they stop a late or replayed message from
+#: resurrecting what was deleted; a peer cut off for longer than this can bring a deleted key
+#: back. One hour by default; the provider makes it configurable. Emptied lists and sets are kept:
+#: their causal context is what lets a later add on the same incarnation reach the other replicas.
 DEFAULT_TOMBSTONE_HORIZON_MS = 3_600_000
 
 
@@ -284,6 +285,11 @@ class KeyValueStore:
     def sweep(self) -> int:
         """Turn expired keys into tombstones and forget old tombstones; returns keys touched.
 
+        An emptied list or set is never forgotten here: when it was emptied is not known (its
+        birth may be stamp 0 or long past), and a replica that forgot it would re-create the key
+        from nothing, as an incarnation ranked below the one its peers still hold, or as that
+        same one with re-minted dots they have seen removed: its next adds would be dropped.
+
         Every replica derives the same tombstone from the same expired entry, so expiry needs no
         messages of its own.
         """
@@ -296,7 +302,7 @@ class KeyValueStore:
                     tomb = Entry((entry.stamp, entry.origin, entry.gen + 1), Kind.TOMBSTONE)
                     self._put(key, bucket, self._digest_of(key, entry), tomb)
                     touched += 1
-                elif not entry.is_live(now) and stamp_ms(entry.stamp) < horizon:
+                elif entry.kind == Kind.TOMBSTONE and stamp_ms(entry.stamp) < horizon:
                     del bucket[key]
                     if self._digests is not None:
                         self._digests[bucket_of(key)] ^= _key_digest(key, entry)
