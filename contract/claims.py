@@ -46,8 +46,10 @@ import os
 import re
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
+import nacl.bindings
 import nacl.exceptions
 
 from contract import _fields as f
@@ -57,12 +59,16 @@ from contract.wire import Invocation, WasmCloudEntity
 __all__ = [
     "MAX_TOKEN_BYTES",
     "ClaimsError",
+    "PreparedClaims",
     "encode_jwt",
+    "finish_claims",
     "invocation_hash",
     "issuer_not_trusted_error",
     "make_signed_invocation",
+    "prepare_claims",
     "sign_claims",
     "sign_invocation_claims",
+    "signature_valid",
     "target_mismatch_error",
     "unlinked_actor_error",
     "validate_invocation",
@@ -268,14 +274,26 @@ def _check_claims_shape(claims: dict[str, Any]) -> dict[str, str] | None:
     return wascap
 
 
-def validate_invocation(inv: Invocation, *, now: float | None = None) -> dict[str, Any]:
-    """Check ``inv.encoded_claims`` against the invocation (spec §7.3 steps 1-9).
+@dataclass(slots=True)
+class PreparedClaims:
+    """A token that passed steps 1-2 and awaits its signature check (step 3).
 
-    Returns the decoded claims on success. Raises ``ClaimsError`` — and nothing else, whatever
-    the input — on the first failed check. ``now`` (unix seconds) exists for tests and replays.
+    Splitting validation here lets the provider run the one expensive step, the Ed25519
+    verification, on another core, while the ordered checks and their error texts stay exactly
+    those of :func:`validate_invocation`.
     """
+
+    claims: dict[str, Any]
+    wascap: dict[str, str] | None
+    issuer_key: bytes
+    signing_input: bytes
+    signature: bytes
+    now: float
+
+
+def prepare_claims(inv: Invocation, *, now: float | None = None) -> PreparedClaims:
+    """Steps 1-2 of spec §7.3: token structure, header, claims shape, issuer key, expiry."""
     token = inv.encoded_claims
-    # ---- step 1: token structure, header, claims shape, issuer key
     if type(token) is not str:
         raise ClaimsError("JWT error: invalid token format")
     if len(token) > MAX_TOKEN_BYTES:
@@ -295,23 +313,37 @@ def validate_invocation(inv: Invocation, *, now: float | None = None) -> dict[st
     if not claims["sub"]:
         raise ClaimsError("Invalid JWT. WASCAP requires a sub claim to be present")
     try:
-        verify_key = verify_key_for(issuer)
+        issuer_key = verify_key_for(issuer).encode()
     except NKeyError as exc:
         raise ClaimsError(f"Encryption error: {exc}") from None
-
-    # ---- steps 2-4: expiry, signature, not-before
     if now is None:
         now = time.time()
     exp = claims.get("exp")
     if exp is not None and exp < now:
         raise ClaimsError("Invocation claims token expired")
+    # Segments passed the base64url alphabet check, so they are pure ASCII.
+    signing_input = f"{head_seg}.{claims_seg}".encode("ascii")
+    return PreparedClaims(claims, wascap, issuer_key, signing_input, signature, now)
+
+
+def signature_valid(issuer_key: bytes, signing_input: bytes, signature: bytes) -> bool:
+    """Step 3: the Ed25519 check itself. Pure function of bytes: safe to run in any process."""
+    if len(signature) != 64 or len(issuer_key) != 32:
+        return False
     try:
-        # Segments passed the base64url alphabet check, so they are pure ASCII.
-        verify_key.verify(f"{head_seg}.{claims_seg}".encode("ascii"), signature)
+        nacl.bindings.crypto_sign_open(signature + signing_input, issuer_key)
     except (nacl.exceptions.CryptoError, ValueError, TypeError):
-        raise ClaimsError("Invocation claims signature invalid") from None
+        return False
+    return True
+
+
+def finish_claims(inv: Invocation, prepared: PreparedClaims, signature_ok: bool) -> dict[str, Any]:
+    """Steps 3 (its verdict) to 9 of spec §7.3; returns the claims."""
+    if not signature_ok:
+        raise ClaimsError("Invocation claims signature invalid")
+    claims, wascap = prepared.claims, prepared.wascap
     nbf = claims.get("nbf")
-    if nbf is not None and now < nbf:
+    if nbf is not None and prepared.now < nbf:
         raise ClaimsError("Attempt to use invocation before claims token allows")
 
     # ---- steps 5-9: bind the claims to this invocation
@@ -342,6 +374,17 @@ def validate_invocation(inv: Invocation, *, now: float | None = None) -> dict[st
     if wascap["origin_url"] != origin_url:
         raise ClaimsError("Invocation claims and invocation origin URL do not match")
     return claims
+
+
+def validate_invocation(inv: Invocation, *, now: float | None = None) -> dict[str, Any]:
+    """Check ``inv.encoded_claims`` against the invocation (spec §7.3 steps 1-9).
+
+    Returns the decoded claims on success. Raises ``ClaimsError`` — and nothing else, whatever
+    the input — on the first failed check. ``now`` (unix seconds) exists for tests and replays.
+    """
+    prepared = prepare_claims(inv, now=now)
+    ok = signature_valid(prepared.issuer_key, prepared.signing_input, prepared.signature)
+    return finish_claims(inv, prepared, ok)
 
 
 # ------------------------------------------------------- provider-side check texts ----

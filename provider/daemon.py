@@ -40,6 +40,7 @@ from provider.replication.config import (
 )
 from provider.replication.factory import build_replicator
 from provider.store import Change, KeyValueStore
+from provider.verifier import SignatureVerifier
 
 log = structlog.get_logger("provider.daemon")
 
@@ -64,6 +65,9 @@ class ProviderDaemon:
         self._stopped = asyncio.Event()
         self._nc: NATS | None = None
         self._tasks: list[asyncio.Task] = []
+        self.verifier = SignatureVerifier()
+        self._outbox: list[tuple[str, bytes]] = []
+        self._outbox_ready = asyncio.Event()
         self._replication: ReplicationConfig | None = None
         self._warned_link_config = False
         self._config_values = parse_config_json(host_data.config_json)
@@ -83,15 +87,17 @@ class ProviderDaemon:
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
         )
-        handler = InvocationHandler(
+        await self.verifier.start()
+        self._handler = InvocationHandler(
             hd,
             self.links,
             self.store,
             self._publish_change,
             ChunkStore(nc, hd.lattice_rpc_prefix),
             self.metrics,
+            self.verifier,
         )
-        self._handler = handler
+        self._tasks.append(asyncio.create_task(self._publish_replies_forever()))
         if "NATS_URL" in self._config_values:  # start-up config wins over any link's values
             self._configure_replication(self._config_values, "config_json")
         for link in hd.link_definitions:
@@ -111,15 +117,38 @@ class ProviderDaemon:
         return 0
 
     async def _shutdown(self) -> None:
+        await self._publish_replies()  # calls already answered go out before we stop
         for task in self._tasks:
             task.cancel()
         await self.replicator.stop()
+        await self.verifier.stop()
 
     # ------------------------------------------------------------------ RPC
     async def _on_rpc(self, msg: Msg) -> None:
-        response = await self._handler.handle(msg.data)
-        if msg.reply:
-            await self._nc.publish(msg.reply, response.encode())
+        # Never awaits: nats-py hands us the next message at once, so calls pipeline.
+        self._handler.receive(msg.data, msg.reply, self._queue_reply)
+
+    def _queue_reply(self, subject: str, body: bytes) -> None:
+        if not subject:  # the spec: answer only requests that carry a reply subject
+            return
+        if not self._outbox:
+            self._outbox_ready.set()
+        self._outbox.append((subject, body))
+
+    async def _publish_replies_forever(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            await self._publish_replies()
+
+    async def _publish_replies(self) -> None:
+        outbox, self._outbox = self._outbox, []
+        publish = self._nc.publish
+        for subject, body in outbox:
+            try:
+                await publish(subject, body)
+            except Exception as error:  # the host times out that call; the rest go on
+                log.warning("reply not sent", error=str(error))
 
     def _publish_change(self, change: Change) -> Awaitable[None] | None:
         return self.replicator.publish(change)
