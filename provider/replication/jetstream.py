@@ -65,6 +65,19 @@ def key_token(key: str) -> str:
     return "h" + hashlib.sha256(raw).hexdigest()
 
 
+def _covers(pattern: str, subject: str) -> bool:
+    """Whether the stream subject ``pattern`` captures every subject ``subject`` matches."""
+    wanted = subject.split(".")
+    for index, token in enumerate(pattern.split(".")):
+        if token == ">":
+            return True
+        if index >= len(wanted) or wanted[index] == ">":
+            return False
+        if token not in ("*", wanted[index]):
+            return False
+    return False
+
+
 def encode_record(change: Change) -> bytes:
     return msgpack.packb([FORMAT, encode_change(change)], use_bin_type=True)
 
@@ -120,6 +133,7 @@ class JetStreamReplicator:
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task] = []
         self._problem: str | None = None
+        self._failed = False
         self._down_since: float | None = clock()
         self._ready = asyncio.Event()
         self._replaying = True
@@ -168,27 +182,28 @@ class JetStreamReplicator:
         self._js = self._nc.jetstream(domain=cfg.js_domain)
         try:
             info = await self._ensure_stream()
+            started = time.perf_counter()
+            self._replay_target = info.state.last_seq
+            self._replay_started = started
+            await self._js.subscribe(
+                f"{self._prefix}>",
+                stream=self.stream,
+                ordered_consumer=True,
+                deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+                cb=self._on_record,
+            )
         except Exception as error:
             self._problem = (
                 f"JetStream unavailable for stream {self.stream}: {error or type(error).__name__}; "
                 "serving local state only"
             )
+            self._failed = True  # from now on a plain local map, as the health message says
             self._replaying = False
             log.error("jetstream mode cannot run", error=self._problem)
             return
         self._problem = None
-        started = time.perf_counter()
-        self._replay_target = info.state.last_seq
-        if info.state.messages == 0:
+        if info.state.messages == 0 and self._replaying:
             self._finish_replay(started)
-        self._replay_started = started
-        await self._js.subscribe(
-            f"{self._prefix}>",
-            stream=self.stream,
-            ordered_consumer=True,
-            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
-            cb=self._on_record,
-        )
 
     async def _ensure_stream(self) -> api.StreamInfo:
         """Use an existing stream exactly as it is; create ours only when there is none."""
@@ -205,6 +220,11 @@ class JetStreamReplicator:
             )
             return info
         existing = info.config
+        wanted = self.settings.subjects[0]
+        if not any(_covers(pattern, wanted) for pattern in existing.subjects or ()):
+            raise ReplicationError(
+                f"the existing stream's subjects {existing.subjects} do not capture {wanted}"
+            )
         log.info(
             "using existing lattice cache stream as it is",
             stream=self.stream,
@@ -226,6 +246,8 @@ class JetStreamReplicator:
     # ------------------------------------------------------------------ writes
     def publish(self, change: Change):
         """Return an awaitable that completes once JetStream holds the key's merged state."""
+        if self._failed:
+            return None  # the stream is unusable: serve local state only (health reports it)
         return self._persist(change.key)
 
     async def _persist(self, key: str) -> None:
