@@ -9,6 +9,8 @@ request addressed to its host arrives. Everything with logic in it lives elsewhe
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 import uuid
 from collections.abc import Awaitable
 
@@ -27,10 +29,12 @@ from contract.wire import (
     parse_shutdown_host_id,
 )
 from provider.chunking import ChunkStore
+from provider.introspection import instance_status, start_service
 from provider.invocations import InvocationHandler
 from provider.links import LinkRegistry
 from provider.metrics import Metrics
 from provider.natsconn import connect_options
+from provider.prometheus import start_from_environment as start_metrics_endpoint
 from provider.replication import Replicator, Standalone
 from provider.replication.config import (
     REPLICATION_KEYS,
@@ -63,6 +67,8 @@ class ProviderDaemon:
         self.store = KeyValueStore(node_id=uuid.uuid4().hex[:16])
         self.replicator: Replicator = Standalone()
         self._stopped = asyncio.Event()
+        self.started_at = time.monotonic()
+        self._service = None
         self._nc: NATS | None = None
         self._tasks: list[asyncio.Task] = []
         self.verifier = SignatureVerifier()
@@ -108,6 +114,15 @@ class ProviderDaemon:
         await nc.subscribe(s.link_put, cb=self._on_link_put)
         await nc.subscribe(s.link_del, cb=self._on_link_del)
         await nc.subscribe(s.shutdown, cb=self._on_shutdown)
+        self._service = await start_service(
+            nc,
+            self.status,
+            lattice=hd.lattice_rpc_prefix,
+            provider_key=hd.provider_key,
+            link_name=hd.link_name,
+            instance=self.instance,
+        )
+        start_metrics_endpoint(self.status)
         await nc.subscribe(s.health, cb=self._on_health)  # last: healthy implies subscribed
         await nc.flush()
         self._tasks.append(asyncio.create_task(self._sweep_forever()))
@@ -120,6 +135,9 @@ class ProviderDaemon:
         await self._publish_replies()  # calls already answered go out before we stop
         for task in self._tasks:
             task.cancel()
+        if self._service is not None:
+            with contextlib.suppress(Exception):
+                await self._service.stop()
         await self.replicator.stop()
         await self.verifier.stop()
 
@@ -235,6 +253,10 @@ class ProviderDaemon:
             log.info("actor unlinked", actor=link.actor_id)
 
     # ------------------------------------------------------------------ health & shutdown
+    def status(self) -> dict:
+        """This instance's status document (introspection endpoint, metrics, CLI)."""
+        return instance_status(self)
+
     def health(self) -> HealthCheckResponse:
         state = self.replicator.health()
         return HealthCheckResponse(state.healthy, state.message)

@@ -22,6 +22,7 @@ from typing import Any
 
 from provider.cli import state as statefile
 from provider.cli.lattice import DevLattice, HealthReport, Interrupted, LatticeError
+from provider.cli.status import collect_statuses, render_table
 
 STATUS_INTERVAL = 5.0
 
@@ -193,6 +194,10 @@ async def _monitor(lattice: DevLattice, stop: asyncio.Event) -> int:
         if loop.time() >= next_status:
             report = await lattice.probe_health(window=1.0)
             print(render_status(lattice, report), flush=True)
+            if lattice.nc is not None and lattice.nc.is_connected:
+                statuses = await collect_statuses(lattice.nc, window=0.5)
+                if statuses:  # per instance: health, keys, replication peers, last repair check
+                    print(render_table(statuses), flush=True)
             next_status = loop.time() + STATUS_INTERVAL
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=0.5)

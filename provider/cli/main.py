@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from provider.cli import call, dev
+from provider.cli import bench_report, call, dev, health, par, status
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,6 +22,10 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     call.add_parser(subparsers)
     dev.add_parser(subparsers)
+    health.add_parser(subparsers)
+    status.add_parser(subparsers)
+    par.add_parser(subparsers)
+    bench_report.add_parser(subparsers)
     return parser
 
 

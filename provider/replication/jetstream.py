@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import hashlib
 import itertools
 import time
@@ -185,6 +186,7 @@ class JetStreamReplicator:
             started = time.perf_counter()
             self._replay_target = info.state.last_seq
             self._replay_started = started
+            gc.disable()  # see NatsReplicator._replay: bulk loads and the cyclic GC don't mix
             await self._js.subscribe(
                 f"{self._prefix}>",
                 stream=self.stream,
@@ -199,6 +201,7 @@ class JetStreamReplicator:
             )
             self._failed = True  # from now on a plain local map, as the health message says
             self._replaying = False
+            gc.enable()
             log.error("jetstream mode cannot run", error=self._problem)
             return
         self._problem = None
@@ -335,6 +338,8 @@ class JetStreamReplicator:
             self._seqs[subject] = seq
 
     def _finish_replay(self, started: float) -> None:
+        gc.freeze()
+        gc.enable()
         self._replaying = False
         self.replay_seconds = time.perf_counter() - started
         log.info(

@@ -7,7 +7,8 @@ corrupt bytes) with a log line; nothing here raises anything but :class:`Message
 ======  ====================  ============================================================
 ``t``   name                  other fields
 ======  ====================  ============================================================
-``ch``  change batch          ``s`` sender's batch sequence number, ``c`` changes
+``ch``  change batch          ``s`` sender's batch sequence number, ``c`` changes,
+                              ``w`` sender's wall clock (ms) at sending, for lag figures
 ``dg``  digest                ``s`` sender's last batch sequence, ``d`` bucket digests (bytes)
 ``rr``  repair request        ``b`` bucket ids, ``c`` the sender's changes for those buckets
 ``rp``  repair reply          ``b`` bucket ids covered, ``c`` changes
@@ -60,6 +61,7 @@ class Message:
     offset: int = 0
     keys: int = 0
     end: bool = False
+    sent_ms: int = 0
 
 
 def pack_change(change: Change) -> bytes:
@@ -78,6 +80,8 @@ def encode(message: Message, packed_changes: bytes | None = None) -> bytes:
         )
     if t in ("ch", "dg"):
         body["s"] = message.seq
+    if t == "ch":
+        body["w"] = message.sent_ms
     if t == "dg":
         body["d"] = _DIGESTS.pack(*message.digests)
     if t in ("rr", "rp"):
@@ -112,6 +116,8 @@ def decode(data: bytes) -> Message:
             message.changes = unpack_changes(body["c"])
         if t in ("ch", "dg"):
             message.seq = _uint(body["s"])
+        if t == "ch":
+            message.sent_ms = _uint(body.get("w", 0))
         if t == "dg":
             digests = body["d"]
             if not isinstance(digests, bytes) or len(digests) != _DIGESTS.size:

@@ -1,0 +1,125 @@
+"""``nats-kvcache status``: every running instance's status, from its introspection endpoint.
+
+Instances answer ``$SRV.STATS.nats-kvcache`` (the NATS micro-services convention, so ``nats micro
+stats nats-kvcache`` shows the same), each with its status document in the ``status`` endpoint's
+``data``. We send one request, collect every reply for a short window, and print a table (or the
+raw documents with ``--json``). Connection settings come from flags or the dev lattice state file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from typing import Any
+
+import nats
+
+from provider.cli import state as statefile
+from provider.introspection import STATS_SUBJECT
+
+EXIT_OK, EXIT_NONE, EXIT_UNREACHABLE = 0, 1, 3
+
+
+async def collect_statuses(nc: Any, *, window: float = 0.5) -> list[dict[str, Any]]:
+    """Status documents of all instances that answer within ``window`` seconds."""
+    inbox = nc.new_inbox()
+    replies: list[dict[str, Any]] = []
+
+    async def on_reply(msg: Any) -> None:
+        try:
+            stats = json.loads(msg.data)
+            for endpoint in stats.get("endpoints") or []:
+                if endpoint.get("name") == "status" and isinstance(endpoint.get("data"), dict):
+                    replies.append(endpoint["data"])
+        except (ValueError, AttributeError):
+            return
+
+    subscription = await nc.subscribe(inbox, cb=on_reply)
+    await nc.publish(STATS_SUBJECT, b"", reply=inbox)
+    await nc.flush()
+    await asyncio.sleep(window)
+    await subscription.unsubscribe()
+    return sorted(replies, key=lambda s: (s.get("lattice", ""), s.get("instance", "")))
+
+
+def _ago(timestamp: Any) -> str:
+    if not isinstance(timestamp, int | float):
+        return "-"
+    return f"{max(time.time() - timestamp, 0):.0f}s ago"
+
+
+def render_table(statuses: list[dict[str, Any]]) -> str:
+    header = (
+        f"{'instance':<10}{'health':<12}{'entries':>9}  {'mode':<10}{'peers':>5}  "
+        f"{'last repair check':<18}{'calls':>8}{'errors':>7}  {'p99 ms':>7}{'lag ms':>8}"
+    )
+    lines = [header, "-" * len(header)]
+    for s in statuses:
+        repl = s.get("replication", {})
+        ops = s.get("operations", {})
+        calls = sum(o.get("calls", 0) for o in ops.values())
+        errors = sum(o.get("errors", 0) for o in ops.values())
+        p99 = max((o.get("p99_ms", 0) for o in ops.values()), default=0)
+        health = "healthy" if s.get("healthy") else "UNHEALTHY"
+        if s.get("message"):
+            health += "*"
+        lag = repl.get("lag_ms")
+        lines.append(
+            f"{str(s.get('instance', '?'))[:8]:<10}{health:<12}{s.get('entries', 0):>9}  "
+            f"{repl.get('mode', '-'):<10}{len(repl.get('peers', [])):>5}  "
+            f"{_ago(repl.get('last_anti_entropy')):<18}{calls:>8}{errors:>7}  "
+            f"{p99:>7}{'-' if lag is None else lag:>8}"
+        )
+    notes = [f"  * {str(s['instance'])[:8]}: {s['message']}" for s in statuses if s.get("message")]
+    return "\n".join(lines + notes)
+
+
+def add_parser(subparsers: Any) -> None:
+    parser = subparsers.add_parser(
+        "status", help="show every running instance (health, keys, replication, latency)"
+    )
+    parser.add_argument("--nats-url", help="lattice NATS URL (default: from the state file)")
+    parser.add_argument("--lattice", help="only instances of this lattice prefix")
+    parser.add_argument("--provider-key", help="only instances of this provider key")
+    parser.add_argument("--window", type=float, default=0.5, help="seconds to collect replies")
+    parser.add_argument("--json", action="store_true", help="print the raw status documents")
+    parser.add_argument("--state", help="dev lattice state file")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(_run(args))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    path, explicit = statefile.resolve_path(args.state)
+    try:
+        saved = statefile.load(path, required=explicit)
+    except statefile.StateError as error:
+        print(f"nats-kvcache status: {error}")
+        return 2
+    url = args.nats_url or saved.nats_url or "nats://127.0.0.1:4222"
+    try:
+        nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1)
+    except Exception as error:
+        print(f"nats-kvcache status: cannot connect to NATS at {url}: {error or 'refused'}")
+        return EXIT_UNREACHABLE
+    try:
+        statuses = await collect_statuses(nc, window=args.window)
+    finally:
+        await nc.close()
+    statuses = [
+        s
+        for s in statuses
+        if (not args.lattice or s.get("lattice") == args.lattice)
+        and (not args.provider_key or s.get("provider_key") == args.provider_key)
+    ]
+    if args.json:
+        print(json.dumps(statuses, indent=2))
+    elif statuses:
+        print(render_table(statuses))
+    else:
+        print("no nats-kvcache instance answered")
+    return EXIT_OK if statuses else EXIT_NONE

@@ -1,0 +1,88 @@
+"""What an instance says about itself: a status document, served the NATS-native way.
+
+Each instance registers a NATS micro service named ``nats-kvcache`` (nats-py's ``nats.micro``),
+so ``nats micro ls`` / ``nats micro stats nats-kvcache`` list every instance in a lattice, and
+``$SRV.STATS.nats-kvcache`` returns the full status of each in its endpoint's ``data``. The
+``status`` endpoint answers the same document directly. ``nats-kvcache status`` and the dev
+lattice's table read it; :mod:`provider.prometheus` exports the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from nats.aio.client import Client as NATS
+from nats.micro import add_service
+from nats.micro.request import Request
+
+from provider.replication.config import subject_token
+
+SERVICE_NAME = "nats-kvcache"
+VERSION = "0.1.0"
+STATS_SUBJECT = f"$SRV.STATS.{SERVICE_NAME}"
+
+
+def status_subject(lattice: str, link_name: str, instance: str) -> str:
+    return f"kvcache.status.{subject_token(lattice)}.{subject_token(link_name)}.{instance}"
+
+
+async def start_service(
+    nc: NATS,
+    status: Callable[[], dict[str, Any]],
+    *,
+    lattice: str,
+    provider_key: str,
+    link_name: str,
+    instance: str,
+):
+    """Register this instance's micro service; returns it (call ``stop()`` at shutdown)."""
+    service = await add_service(
+        nc,
+        name=SERVICE_NAME,
+        version=VERSION,
+        description="wasmcloud:keyvalue provider (replicated in-memory cache)",
+        metadata={
+            "lattice": lattice,
+            "provider_key": provider_key,
+            "link_name": link_name,
+            "instance": instance,
+        },
+        stats_handler=lambda _endpoint: status(),
+    )
+
+    async def answer(request: Request) -> None:
+        await request.respond(json.dumps(status()).encode())
+
+    await service.add_endpoint(
+        name="status",
+        subject=status_subject(lattice, link_name, instance),
+        handler=answer,
+    )
+    return service
+
+
+def instance_status(daemon: Any) -> dict[str, Any]:
+    """The status document of one running :class:`provider.daemon.ProviderDaemon`."""
+    health = daemon.health()
+    hd = daemon.host_data
+    return {
+        "instance": daemon.instance,
+        "node": daemon.store.node_id,
+        "lattice": hd.lattice_rpc_prefix,
+        "provider_key": hd.provider_key,
+        "link_name": hd.link_name,
+        "healthy": health.healthy,
+        "message": health.message,
+        "uptime_secs": round(time.monotonic() - daemon.started_at, 1),
+        "entries": len(daemon.store),
+        "links": len(daemon.links),
+        "replication": daemon.replicator.status(),
+        "operations": daemon.metrics.snapshot(),
+        "verifier": {
+            "batches_offloaded": daemon.verifier.batches_offloaded,
+            "verified_inline": daemon.verifier.verified_inline,
+        },
+    }

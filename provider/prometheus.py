@@ -1,0 +1,117 @@
+"""Optional Prometheus text endpoint, off unless ``NATS_KVCACHE_METRICS_ADDR`` is set.
+
+``NATS_KVCACHE_METRICS_ADDR=127.0.0.1:9464`` serves ``/metrics`` with the same numbers as the
+status document (:mod:`provider.introspection`): operation counts, errors and latency
+quantiles, entries, health, replication counters, lag and peers. An environment variable, not a
+link value, because the host, not an actor, owns the process. prometheus_client serves it from
+its own thread; the collector only reads a fresh status document per scrape.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from prometheus_client import start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import CollectorRegistry
+
+log = structlog.get_logger("provider.prometheus")
+
+ENV_VAR = "NATS_KVCACHE_METRICS_ADDR"
+
+
+class StatusCollector:
+    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+        self._status = status
+
+    def collect(self):
+        status = self._status()
+        labels = ["instance", "lattice", "link_name"]
+        ident = [status["instance"], status["lattice"], status["link_name"]]
+        calls = CounterMetricFamily(
+            "kvcache_operations", "Invocations handled", labels=[*labels, "operation"]
+        )
+        errors = CounterMetricFamily(
+            "kvcache_operation_errors", "Invocations answered with an error", [*labels, "operation"]
+        )
+        latency = GaugeMetricFamily(
+            "kvcache_operation_latency_seconds",
+            "Recent latency quantiles per operation",
+            labels=[*labels, "operation", "quantile"],
+        )
+        for operation, numbers in status["operations"].items():
+            calls.add_metric([*ident, operation], numbers["calls"])
+            errors.add_metric([*ident, operation], numbers["errors"])
+            for key, quantile in (("p50_ms", "0.5"), ("p90_ms", "0.9"), ("p99_ms", "0.99")):
+                if key in numbers:
+                    latency.add_metric([*ident, operation, quantile], numbers[key] / 1000)
+        yield calls
+        yield errors
+        yield latency
+        yield _gauge(
+            "kvcache_entries",
+            "Stored entries (tombstones included)",
+            labels,
+            ident,
+            status["entries"],
+        )
+        yield _gauge(
+            "kvcache_healthy",
+            "1 when the instance reports healthy",
+            labels,
+            ident,
+            1 if status["healthy"] else 0,
+        )
+        yield _gauge("kvcache_links", "Linked actors", labels, ident, status["links"])
+        replication = status["replication"]
+        for key, value in replication.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or value is None:
+                continue
+            if key.endswith("_ms") or key in ("replay_seconds", "last_anti_entropy"):
+                continue
+            counter = CounterMetricFamily(
+                f"kvcache_replication_{key}", f"Replication counter {key}", labels=labels
+            )
+            counter.add_metric(ident, value)
+            yield counter
+        yield _gauge(
+            "kvcache_replication_peers",
+            "Peers heard from recently",
+            labels,
+            ident,
+            len(replication.get("peers", [])),
+        )
+        if replication.get("lag_ms") is not None:
+            yield _gauge(
+                "kvcache_replication_lag_seconds",
+                "Recent delta delivery lag",
+                labels,
+                ident,
+                replication["lag_ms"] / 1000,
+            )
+
+
+def _gauge(name: str, doc: str, labels: list[str], ident: list[str], value: float):
+    gauge = GaugeMetricFamily(name, doc, labels=labels)
+    gauge.add_metric(ident, value)
+    return gauge
+
+
+def start_from_environment(status: Callable[[], dict[str, Any]]) -> str | None:
+    """Serve ``/metrics`` when the environment asks for it; returns the address or None."""
+    address = os.environ.get(ENV_VAR, "").strip()
+    if not address:
+        return None
+    host, _, port = address.rpartition(":")
+    try:
+        registry = CollectorRegistry()
+        registry.register(StatusCollector(status))
+        start_http_server(int(port), addr=host or "0.0.0.0", registry=registry)
+    except (ValueError, OSError) as error:
+        log.error("metrics endpoint not started", address=address, error=str(error))
+        return None
+    log.info("metrics endpoint serving", address=address)
+    return address
