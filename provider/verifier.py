@@ -32,6 +32,9 @@ Done = Callable[[list[bool]], None]
 #: Batches this small are verified inline when the worker has nothing in flight: the pipe
 #: round trip would cost more latency than it saves.
 INLINE_MAX = 2
+#: With this many batches already queued at the worker, the event loop verifies the next batch
+#: itself: both cores stay busy instead of the loop idling behind a saturated worker.
+WORKER_QUEUE_MAX = 2
 _LENGTH = struct.Struct("<I")
 
 
@@ -72,7 +75,12 @@ class SignatureVerifier:
     def submit(self, jobs: list[Job], done: Done) -> None:
         """Verify ``jobs``; ``done`` gets one verdict per job, in order (maybe synchronously)."""
         process = self._process
-        if process is None or (not self._in_flight and len(jobs) <= INLINE_MAX):
+        queued = len(self._in_flight)
+        if (
+            process is None
+            or (queued == 0 and len(jobs) <= INLINE_MAX)
+            or queued >= WORKER_QUEUE_MAX
+        ):
             self.verified_inline += len(jobs)
             done([signature_valid(*job) for job in jobs])
             return
