@@ -38,6 +38,13 @@ WORKER_QUEUE_MAX = 2
 _LENGTH = struct.Struct("<I")
 
 
+def worker_command() -> list[str]:
+    """How to start the worker: as a module, or via our own binary when frozen (PyInstaller)."""
+    if getattr(sys, "frozen", False):
+        return [sys.executable, "--verify-worker"]
+    return [sys.executable, "-m", "provider.verify_worker"]
+
+
 class SignatureVerifier:
     def __init__(self, *, use_worker: bool = True) -> None:
         self._use_worker = use_worker
@@ -52,9 +59,7 @@ class SignatureVerifier:
             return
         try:
             self._process = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "provider.verify_worker",
+                *worker_command(),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
             )
