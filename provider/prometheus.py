@@ -35,7 +35,9 @@ class StatusCollector:
             "kvcache_operations", "Invocations handled", labels=[*labels, "operation"]
         )
         errors = CounterMetricFamily(
-            "kvcache_operation_errors", "Invocations answered with an error", [*labels, "operation"]
+            "kvcache_operation_errors",
+            "Invocations answered with an error",
+            labels=[*labels, "operation"],
         )
         latency = GaugeMetricFamily(
             "kvcache_operation_latency_seconds",
