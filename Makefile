@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install lint test run bench clean
+.PHONY: install lint test run bench bench-report par clean
 
 install: $(STAMP)
 
@@ -19,12 +19,19 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -e '.[test]'
 	touch $@
 
+# Extras installed on demand, each with its own stamp: `make par` needs PyInstaller,
+# `make bench-report` matplotlib (which the test extra also has, for its tests).
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[$*]'
+	touch $@
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint Dockerfile
 
-test: install lint
+# The par extra too: tests/integration/test_par.py builds and runs a real provider archive.
+test: install $(VENV)/.installed-par lint
 	$(BIN)/python -m pytest -q
 
 run: install
@@ -32,6 +39,19 @@ run: install
 
 bench: install
 	$(BIN)/python bench/run_all.py
+
+bench-report: $(VENV)/.installed-report
+	$(BIN)/nats-kvcache bench-report --results bench/results --out docs/bench
+
+# The wasmCloud provider archive dist/nats-kvcache.par.gz: claims.jwt + a PyInstaller one-file
+# provider executable. Keys: `make par ISSUER_SEED=SA... [SUBJECT_SEED=SV...]`, else generated
+# once into keys/ (git-ignored, mode 0600) and reused. The recipe is not echoed: it may hold a
+# seed, and the seeds go to the CLI through its environment, not its command line.
+par: $(VENV)/.installed-par
+	@echo "nats-kvcache par --output dist/nats-kvcache.par.gz --build-dir build/par"
+	@$(if $(ISSUER_SEED),NATS_KVCACHE_ISSUER_SEED='$(ISSUER_SEED)') \
+	$(if $(SUBJECT_SEED),NATS_KVCACHE_SUBJECT_SEED='$(SUBJECT_SEED)') \
+	$(BIN)/nats-kvcache par --output dist/nats-kvcache.par.gz --build-dir build/par
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis

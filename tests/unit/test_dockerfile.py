@@ -52,8 +52,28 @@ def test_entrypoint_starts_the_provider() -> None:
     assert json.loads(entrypoints[-1]) == ["nats-kvcache-provider"]
 
 
-def test_base_image_pinned_and_healthcheck_explicit() -> None:
-    instructions = _instructions()
-    base = next(args for keyword, args in instructions if keyword == "FROM")
+def test_base_image_pinned() -> None:
+    base = next(args for keyword, args in _instructions() if keyword == "FROM")
     assert base.startswith("python:3.12") and base != "python:3.12" and ":latest" not in base
-    assert ("HEALTHCHECK", "NONE") in instructions
+
+
+def test_healthcheck_asks_the_provider_over_nats() -> None:
+    checks = [args for keyword, args in _instructions() if keyword == "HEALTHCHECK"]
+    assert len(checks) == 1, checks
+    options, _, command = checks[0].partition("CMD ")
+    assert "--interval=" in options and "--timeout=" in options and "--start-period=" in options
+    # Exec form (no shell in between), the operator CLI's health request, quiet when healthy.
+    argv = json.loads(command)
+    assert argv[:2] == ["nats-kvcache", "health"] and "--quiet" in argv
+    # A container started without provider-from-env's settings has nothing to check with.
+    assert "--skip-unconfigured" in argv
+
+
+def test_env_entrypoint_is_installed_and_not_ignored() -> None:
+    copies = [args for keyword, args in _instructions() if keyword == "COPY"]
+    assert any(
+        "docker/provider-from-env.sh" in args and args.endswith("/usr/local/bin/provider-from-env")
+        for args in copies
+    ), copies
+    allowed = (REPO_ROOT / ".dockerignore").read_text().splitlines()
+    assert "!docker/provider-from-env.sh" in allowed
