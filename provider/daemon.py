@@ -81,6 +81,7 @@ class ProviderDaemon:
     # ------------------------------------------------------------------ lifecycle
     async def run(self) -> int:
         hd = self.host_data
+        self._loop = asyncio.get_running_loop()
         log.info(
             f"Starting capability provider {hd.provider_key} instance {self.instance} "
             f"with nats url {hd.nats_url}"
@@ -122,7 +123,7 @@ class ProviderDaemon:
             link_name=hd.link_name,
             instance=self.instance,
         )
-        start_metrics_endpoint(self.status)
+        start_metrics_endpoint(self._status_from_another_thread)
         await nc.subscribe(s.health, cb=self._on_health)  # last: healthy implies subscribed
         await nc.flush()
         self._tasks.append(asyncio.create_task(self._sweep_forever()))
@@ -256,6 +257,15 @@ class ProviderDaemon:
     def status(self) -> dict:
         """This instance's status document (introspection endpoint, metrics, CLI)."""
         return instance_status(self)
+
+    def _status_from_another_thread(self) -> dict:
+        """The status document, built on the event loop: the metrics server has its own thread,
+        and the state the document reads is only ever touched from the loop."""
+
+        async def build() -> dict:
+            return self.status()
+
+        return asyncio.run_coroutine_threadsafe(build(), self._loop).result(timeout=5)
 
     def health(self) -> HealthCheckResponse:
         state = self.replicator.health()
