@@ -99,6 +99,37 @@ def resolve(args: argparse.Namespace) -> Target:
     return Target(url, subjects, (jwt, seed) if jwt else None, args.timeout, args.min_healthy)
 
 
+async def collect_health(
+    nc: Any, subject: str, *, window: float, enough: int
+) -> list[HealthCheckResponse]:
+    """Send one host-style health request; collect answers until ``enough`` healthy ones or
+    ``window`` seconds. Every instance on the subject answers, anonymously."""
+    answers: list[HealthCheckResponse] = []
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        await nc.publish(subject, HEALTH_BODY, reply=inbox)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + window
+        while sum(answer.healthy for answer in answers) < enough:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                msg = await sub.next_msg(timeout=remaining)
+            except nats.errors.TimeoutError:
+                break
+            if not msg.data:  # a "503 no responders" status, not an answer
+                continue
+            try:
+                answers.append(HealthCheckResponse.decode_msgpack(msg.data))
+            except ValueError as error:
+                answers.append(HealthCheckResponse(False, f"undecodable health reply: {error}"))
+    finally:
+        await sub.unsubscribe()
+    return answers
+
+
 async def _quiet(_: Exception) -> None:
     """nats-py's default error callback logs tracebacks; the exit code says it all here."""
 
@@ -118,34 +149,18 @@ async def probe(target: Target) -> Outcome:
         nc = await nats.connect(**options)
     except Exception as error:
         raise ConnectionError(f"cannot connect to NATS at {target.nats_url}: {error}") from None
-    outcome = Outcome()
     try:
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        await nc.publish(target.subjects.health, HEALTH_BODY, reply=inbox)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + target.timeout
-        while outcome.healthy < target.min_healthy:
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                msg = await sub.next_msg(timeout=remaining)
-            except nats.errors.TimeoutError:
-                break
-            if not msg.data:  # a "503 no responders" status, not an answer
-                continue
-            try:
-                answer = HealthCheckResponse.decode_msgpack(msg.data)
-            except ValueError as error:
-                answer = HealthCheckResponse(False, f"undecodable health reply: {error}")
-            if answer.healthy:
-                outcome.healthy += 1
-            else:
-                outcome.problems.append(answer.message or "unhealthy (no message)")
-                break
+        answers = await collect_health(
+            nc, target.subjects.health, window=target.timeout, enough=target.min_healthy
+        )
     finally:
         await nc.close()
+    outcome = Outcome()
+    for answer in answers:
+        if answer.healthy:
+            outcome.healthy += 1
+        else:
+            outcome.problems.append(answer.message or "unhealthy (no message)")
     return outcome
 
 

@@ -31,10 +31,10 @@ import nats
 import nats.errors
 from nats.aio.client import Client as NATS
 
-from contract.codec import pack
 from contract.keyvalue import CONTRACT_ID
 from contract.nkeys import KeyPair
-from contract.wire import SHUTDOWN_ACK, HealthCheckResponse, HostData, LinkDefinition, Subjects
+from contract.wire import SHUTDOWN_ACK, HostData, LinkDefinition, Subjects
+from provider.cli.health import collect_health
 from provider.cli.state import DevState
 
 LATTICE = "default"
@@ -262,34 +262,14 @@ class DevLattice:
         expected = len(self.live_instances())
         if nc is None or not nc.is_connected or expected == 0:
             return report
-        inbox = nc.new_inbox()
-        sub = await nc.subscribe(inbox)
-        try:
-            # The OTP host's body; providers ignore it.
-            await nc.publish(self.subjects.health, pack({"placeholder": True}), reply=inbox)
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + window
-            while report.answered < expected:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    msg = await sub.next_msg(timeout=remaining)
-                except nats.errors.TimeoutError:
-                    break
-                if not msg.data:  # a "503 no responders" status, not an answer
-                    continue
-                try:
-                    answer = HealthCheckResponse.decode_msgpack(msg.data)
-                except ValueError as error:
-                    answer = HealthCheckResponse(False, f"undecodable health reply: {error}")
-                if answer.healthy:
-                    report.healthy += 1
-                else:
-                    report.unhealthy += 1
-                    report.messages.append(answer.message or "no message")
-        finally:
-            await sub.unsubscribe()
+        for answer in await collect_health(
+            nc, self.subjects.health, window=window, enough=expected
+        ):
+            if answer.healthy:
+                report.healthy += 1
+            else:
+                report.unhealthy += 1
+                report.messages.append(answer.message or "no message")
         return report
 
     def state(self) -> DevState:
