@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 import uuid
 from collections.abc import Awaitable
@@ -71,6 +72,7 @@ class ProviderDaemon:
         self._service = None
         self._nc: NATS | None = None
         self._tasks: list[asyncio.Task] = []
+        self._signal_task: asyncio.Task | None = None
         self.verifier = SignatureVerifier()
         self._outbox: list[tuple[str, bytes]] = []
         self._outbox_ready = asyncio.Event()
@@ -127,10 +129,23 @@ class ProviderDaemon:
         await nc.subscribe(s.health, cb=self._on_health)  # last: healthy implies subscribed
         await nc.flush()
         self._tasks.append(asyncio.create_task(self._sweep_forever()))
+        for signum in (signal.SIGTERM, signal.SIGINT):  # `docker stop`, Ctrl-C: clean exit 0
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self._loop.add_signal_handler(signum, self._on_signal, signum)
         log.info("provider ready", subjects=s.rpc, links=len(self.links))
         await self._stopped.wait()
         await asyncio.wait_for(nc.close(), timeout=2)
         return 0
+
+    def _on_signal(self, signum: int) -> None:
+        log.info("signal received; shutting down", signal=signal.Signals(signum).name)
+        if self._signal_task is None:  # kept apart from _tasks, which _shutdown cancels
+            self._signal_task = asyncio.create_task(self._stop_after_cleanup())
+
+    async def _stop_after_cleanup(self) -> None:
+        await self._shutdown()
+        await self._nc.flush(timeout=1)
+        self._stopped.set()
 
     async def _shutdown(self) -> None:
         await self._publish_replies()  # calls already answered go out before we stop

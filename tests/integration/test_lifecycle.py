@@ -190,6 +190,14 @@ async def test_shutdown_acknowledges_and_exits_zero(
     assert await host.wait_exit(10) == 0
 
 
+async def test_sigterm_shuts_down_cleanly_with_exit_zero(fake_host: FakeHost) -> None:
+    """``docker stop`` sends SIGTERM: the provider cleans up and exits 0 instead of dying."""
+    await fake_host.kv.set("lifecycle:term", "x")
+    fake_host.process.terminate()
+    assert await fake_host.wait_exit(10) == 0
+    assert "signal received; shutting down" in fake_host.stderr()
+
+
 # -- start-up line ---------------------------------------------------------------------------
 
 
