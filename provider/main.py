@@ -2,8 +2,7 @@
 
 The host writes one base64 HostData line to stdin and keeps stdin open, so exactly one line is
 read: reading to EOF would block forever (spec §1-§2). Start-up errors are fatal: printed to
-stderr, exit status 1. (The one argument ever used, ``--verify-worker``, is internal: see
-:mod:`provider.verifier`.)
+stderr, exit status 1.
 """
 
 from __future__ import annotations
@@ -24,11 +23,6 @@ def _install_fast_loop() -> None:
 
 
 def main() -> None:
-    if sys.argv[1:] == ["--verify-worker"]:  # a frozen build re-runs itself as the worker
-        from provider import verify_worker
-
-        verify_worker.main()
-        return
     line = sys.stdin.buffer.readline()
     try:
         host_data = HostData.from_stdin_line(line)

@@ -39,9 +39,8 @@ _LENGTH = struct.Struct("<I")
 
 
 def worker_command() -> list[str]:
-    """How to start the worker: as a module, or via our own binary when frozen (PyInstaller)."""
-    if getattr(sys, "frozen", False):
-        return [sys.executable, "--verify-worker"]
+    """How to start the worker. A frozen build (the provider archive) dispatches ``-m`` itself:
+    see :mod:`provider.cli.par_entry`."""
     return [sys.executable, "-m", "provider.verify_worker"]
 
 

@@ -26,6 +26,7 @@ import contextlib
 import gc
 import hashlib
 import itertools
+import random
 import time
 from collections.abc import Callable
 
@@ -49,8 +50,9 @@ log = structlog.get_logger("provider.replication.jetstream")
 FORMAT = 1
 #: JetStream's error code for a failed expected-last-subject-sequence check.
 WRONG_LAST_SEQUENCE = 10071
-#: Optimistic-concurrency attempts per write before the actor gets an error.
-MAX_ATTEMPTS = 8
+#: Optimistic-concurrency attempts per write before the actor gets an error (with jittered
+#: backoff these span well under the host's 2 s RPC timeout).
+MAX_ATTEMPTS = 10
 PUBLISH_TIMEOUT = 2.0
 #: base64url tokens longer than this name the key by hash instead (subjects have a size limit).
 MAX_TOKEN_CHARS = 1024
@@ -130,7 +132,8 @@ class JetStreamReplicator:
         self._nc: NATS | None = None
         self._js = None
         self._seqs: dict[str, int] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiting: dict[str, list[asyncio.Future]] = {}
+        self._driving: set[str] = set()
         self._ids = itertools.count(1)
         self._tasks: list[asyncio.Task] = []
         self._problem: str | None = None
@@ -181,6 +184,15 @@ class JetStreamReplicator:
                 delay = min(delay * 2, 5.0)
         self._down_since = None
         self._js = self._nc.jetstream(domain=cfg.js_domain)
+        delay = 1.0
+        while not await self._start_tailing():
+            # Leader elections and restarts are transient; a missing JetStream or an unusable
+            # stream may be fixed by the operator. Meanwhile we serve local state (see health).
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def _start_tailing(self) -> bool:
+        """Check the stream and start the replay-then-tail consumer; False on failure."""
         try:
             info = await self._ensure_stream()
             started = time.perf_counter()
@@ -195,18 +207,25 @@ class JetStreamReplicator:
                 cb=self._on_record,
             )
         except Exception as error:
-            self._problem = (
-                f"JetStream unavailable for stream {self.stream}: {error or type(error).__name__}; "
-                "serving local state only"
-            )
-            self._failed = True  # from now on a plain local map, as the health message says
-            self._replaying = False
             gc.enable()
-            log.error("jetstream mode cannot run", error=self._problem)
-            return
+            problem = (
+                f"JetStream unavailable for stream {self.stream}: {error or type(error).__name__}; "
+                "serving local state only, retrying"
+            )
+            if problem != self._problem:
+                log.error("jetstream mode cannot run yet", error=problem)
+            self._problem = problem
+            self._failed = True  # a plain local map until it works, as the health message says
+            self._replaying = False
+            return False
+        if self._failed:
+            log.info("jetstream mode running", stream=self.stream)
         self._problem = None
-        if info.state.messages == 0 and self._replaying:
+        self._failed = False
+        self._replaying = True
+        if info.state.messages == 0:
             self._finish_replay(started)
+        return True
 
     async def _ensure_stream(self) -> api.StreamInfo:
         """Use an existing stream exactly as it is; create ours only when there is none."""
@@ -253,20 +272,39 @@ class JetStreamReplicator:
             return None  # the stream is unusable: serve local state only (health reports it)
         return self._persist(change.key)
 
-    async def _persist(self, key: str) -> None:
+    def _persist(self, key: str) -> asyncio.Future:
+        """Group commit: writes to one key that arrive while its publish is under way all ride
+        the next publish, which carries every one of them (it sends the key's whole merged
+        state). One instance then never races itself, and hot keys need far fewer publishes."""
+        future = asyncio.get_running_loop().create_future()
         if self._js is None:
-            raise ReplicationError(
-                f"replication: {self._problem or 'JetStream connection not ready'}"
+            future.set_exception(
+                ReplicationError(f"replication: {self._problem or 'JetStream not ready'}")
             )
-        lock = self._locks.get(key)
-        if lock is None:
-            lock = self._locks[key] = asyncio.Lock()
+            return future
+        self._waiting.setdefault(key, []).append(future)
+        if key not in self._driving:
+            self._driving.add(key)
+            task = asyncio.create_task(self._drive(key))
+            self._tasks.append(task)
+            task.add_done_callback(self._tasks.remove)
+        return future
+
+    async def _drive(self, key: str) -> None:
         try:
-            async with lock:  # one publish per key at a time from this instance
-                await self._publish_merged(key)
+            while batch := self._waiting.pop(key, None):
+                try:
+                    await self._publish_merged(key)
+                except Exception as error:
+                    for future in batch:
+                        if not future.done():
+                            future.set_exception(error)
+                else:
+                    for future in batch:
+                        if not future.done():
+                            future.set_result(None)
         finally:
-            if not lock.locked() and not lock._waiters:
-                self._locks.pop(key, None)
+            self._driving.discard(key)
 
     async def _publish_merged(self, key: str) -> None:
         subject = self._prefix + key_token(key)
@@ -289,6 +327,7 @@ class JetStreamReplicator:
                     ) from None
                 self.counters["conflicts"] += 1
                 await self._reload(subject)
+                await asyncio.sleep(random.uniform(0, 0.002 * 2**attempt))  # de-synchronise racers
                 continue
             except Exception as error:
                 reason = str(error) or type(error).__name__

@@ -90,6 +90,8 @@ class NatsReplicator:
         self._seq = 0
         self._digest_subject = f"{config.events_subject}.digest"
         self._direct_prefix = f"{config.replay_subject}.node"
+        # A lost repair message must not hold up repairs with that peer for several periods.
+        self._repair_timeout = min(REQUEST_TIMEOUT, max(1.0, config.heartbeat_secs))
         self.peers = PeerTracker(expiry_secs=max(3 * config.heartbeat_secs, 15.0))
         self._down_since: float | None = clock()
         self._replaying = True
@@ -294,7 +296,7 @@ class NatsReplicator:
             self.counters["repair_bytes"] += len(request)
             try:
                 reply = await self._nc.request(
-                    f"{self._direct_prefix}.{peer}", request, timeout=REQUEST_TIMEOUT
+                    f"{self._direct_prefix}.{peer}", request, timeout=self._repair_timeout
                 )
             except Exception as error:
                 log.info("repair with peer interrupted", peer=peer, error=str(error))
