@@ -12,6 +12,7 @@ Limitations: request bodies are never chunked (a NATS server with the default 1 
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -55,6 +56,7 @@ class KeyValueClient:
 
     __slots__ = (
         "_host_id",
+        "_lattice_prefix",
         "_nc",
         "_origin",
         "_origin_url",
@@ -81,6 +83,7 @@ class KeyValueClient:
         self._nc = nc
         self._signer = signer
         self._timeout = timeout
+        self._lattice_prefix = lattice_prefix  # also the chunking object store's bucket
         # Everything that does not depend on the call is computed once: only the id, the
         # argument hash and the signature change per invocation.
         self._subject = Subjects(lattice_prefix, provider_key, link_name).rpc
@@ -125,11 +128,23 @@ class KeyValueClient:
         resp = await self.invoke(op.wire_name, op.encode_input(arg))
         if resp.error is not None:
             raise KeyValueError(resp.error)
-        if resp.content_length is not None and resp.content_length > len(resp.msg):
-            raise KeyValueError(
-                f"chunked response ({resp.content_length} bytes) is not supported by this client"
-            )
-        return op.decode_output(resp.msg)
+        msg = resp.msg
+        if resp.content_length is not None and resp.content_length > len(msg):
+            msg = await self._fetch_chunked_reply(resp.invocation_id)
+        return op.decode_output(msg)
+
+    async def _fetch_chunked_reply(self, invocation_id: str) -> bytes:
+        """A reply over the chunking threshold waits in the lattice's object store under
+        ``{id}-r`` (protocol spec §11); fetch and delete it, as the host does."""
+        name = f"{invocation_id}-r"
+        try:
+            store = await self._nc.jetstream().object_store(self._lattice_prefix)
+            result = await store.get(name)
+        except Exception as error:
+            raise KeyValueError(f"chunked reply {name} could not be fetched: {error}") from None
+        with contextlib.suppress(Exception):
+            await store.delete(name)
+        return bytes(result.data or b"")
 
     # ------------------------------------------------------------- typed helpers ----
 

@@ -144,6 +144,7 @@ class JetStreamReplicator:
         self._replay_target = 0
         self.counters = {"writes": 0, "conflicts": 0, "applied": 0, "dropped_messages": 0}
         self.replay_seconds: float | None = None
+        self._last_progress_log = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -352,10 +353,26 @@ class JetStreamReplicator:
     async def _on_record(self, msg: Msg) -> None:
         meta = msg.metadata
         self._apply(msg.data, msg.subject, meta.sequence.stream)
-        if self._replaying and (
-            meta.num_pending == 0 or meta.sequence.stream >= self._replay_target
-        ):
+        if not self._replaying:
+            return
+        if meta.num_pending == 0 or meta.sequence.stream >= self._replay_target:
             self._finish_replay(self._replay_started)
+        elif self.counters["applied"] % 4096 == 0:
+            self._log_progress(meta.num_pending)
+
+    def _log_progress(self, pending: int) -> None:
+        """About once a second during a large replay: keys merged per second and an ETA."""
+        now = time.perf_counter()
+        if now - self._last_progress_log < 1.0:
+            return
+        self._last_progress_log = now
+        rate = self.counters["applied"] / max(now - self._replay_started, 1e-9)
+        log.info(
+            "replay progress",
+            merged=self.counters["applied"],
+            keys_per_sec=int(rate),
+            eta_secs=round(pending / rate, 1) if rate else None,
+        )
 
     def _apply(self, data: bytes, subject: str, seq: int) -> None:
         try:
