@@ -7,8 +7,13 @@ Nothing here logs, and nothing returned here has a secret in its ``repr``.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import ssl
+from collections.abc import Callable
+
+import nats
+from nats.aio.client import Client as NATS
 
 from contract.nkeys import KeyPair
 
@@ -56,3 +61,21 @@ def connect_options(
             context.load_cert_chain(tls_cert_file, tls_key_file)
         options["tls"] = context
     return options
+
+
+async def connect_forever(
+    options: dict, on_failure: Callable[[Exception], None], **callbacks: Callable
+) -> NATS:
+    """Connect, retrying with backoff (0.5 s, doubling to 5 s) until the server answers.
+
+    nats-py reconnects forever once connected, but the *first* connection fails outright; for a
+    daemon an unreachable server is a health problem to report (``on_failure``), not a crash.
+    """
+    delay = 0.5
+    while True:
+        try:
+            return await nats.connect(**options, **callbacks)
+        except Exception as error:
+            on_failure(error)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)

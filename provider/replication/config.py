@@ -11,6 +11,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from provider.natsconn import connect_options
+
 DEFAULT_HEARTBEAT_SECS = 5.0
 DEFAULT_TOMBSTONE_HORIZON_SECS = 3600.0
 
@@ -143,6 +145,19 @@ class ReplicationConfig:
             problems.append("TLS_CERT_FILE and TLS_KEY_FILE must be given together; ignoring both")
             config.tls_cert_file = config.tls_key_file = None
         return config
+
+    def connect_options(self, name: str, **extra: object) -> dict:
+        """nats-py options for this replication connection (credentials and TLS included)."""
+        return connect_options(
+            self.nats_url,
+            name,
+            jwt_and_seed=(self.client_jwt, self.client_seed) if self.client_jwt else None,
+            creds_file=self.creds_file,
+            tls_ca_file=self.tls_ca_file,
+            tls_cert_file=self.tls_cert_file,
+            tls_key_file=self.tls_key_file,
+            **extra,
+        )
 
     def fingerprint(self) -> tuple:
         """What identifies the replication set-up (to spot a later link that disagrees)."""

@@ -31,14 +31,13 @@ import time
 from collections.abc import Callable
 
 import msgpack
-import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
-from provider.natsconn import connect_options
+from provider.natsconn import connect_forever
 from provider.store import Change, KeyValueStore
 from provider.store.codec import ChangeDecodeError, decode_change, encode_change
 
@@ -159,30 +158,17 @@ class JetStreamReplicator:
 
     async def _run(self) -> None:
         cfg = self.config
-        options = connect_options(
-            cfg.nats_url,
-            CONNECTION_NAME,
-            jwt_and_seed=(cfg.client_jwt, cfg.client_seed) if cfg.client_jwt else None,
-            creds_file=cfg.creds_file,
-            tls_ca_file=cfg.tls_ca_file,
-            tls_cert_file=cfg.tls_cert_file,
-            tls_key_file=cfg.tls_key_file,
-            ping_interval=2.0,
+
+        def report(error: Exception) -> None:
+            self._problem = f"JetStream server {cfg.nats_url} unreachable: {error}"
+            log.warning("jetstream server unreachable", url=cfg.nats_url, error=str(error))
+
+        self._nc = await connect_forever(
+            cfg.connect_options(CONNECTION_NAME, ping_interval=2.0),
+            report,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
         )
-        delay = 0.5
-        while True:
-            try:
-                self._nc = await nats.connect(
-                    **options,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                )
-                break
-            except Exception as error:
-                self._problem = f"JetStream server {cfg.nats_url} unreachable: {error}"
-                log.warning("jetstream server unreachable", url=cfg.nats_url, error=str(error))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
         self._down_since = None
         self._js = self._nc.jetstream(domain=cfg.js_domain)
         delay = 1.0

@@ -28,14 +28,13 @@ import gc
 import time
 from collections.abc import Callable
 
-import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from provider.natsconn import connect_options
+from provider.natsconn import connect_forever
 from provider.store import BUCKETS, Change, KeyValueStore
 from provider.store.hlc import wall_ms
 
@@ -144,36 +143,21 @@ class NatsReplicator:
         self._tasks.append(asyncio.create_task(self._anti_entropy_forever(), name="anti-entropy"))
 
     async def _connect(self) -> NATS:
-        """Connect, retrying forever: an unreachable server is a health problem, not a crash."""
         cfg = self.config
-        options = connect_options(
-            cfg.nats_url,
-            CONNECTION_NAME,
-            jwt_and_seed=(cfg.client_jwt, cfg.client_seed) if cfg.client_jwt else None,
-            creds_file=cfg.creds_file,
-            tls_ca_file=cfg.tls_ca_file,
-            tls_cert_file=cfg.tls_cert_file,
-            tls_key_file=cfg.tls_key_file,
-            no_echo=True,
-            ping_interval=PING_INTERVAL_SECS,
+
+        def report(error: Exception) -> None:
+            log.warning("replication server unreachable", url=cfg.nats_url, error=str(error))
+
+        nc = await connect_forever(
+            cfg.connect_options(CONNECTION_NAME, no_echo=True, ping_interval=PING_INTERVAL_SECS),
+            report,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            error_cb=self._on_error,
         )
-        delay = 0.5
-        while True:
-            try:
-                nc = await nats.connect(
-                    **options,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                    error_cb=self._on_error,
-                )
-            except Exception as error:
-                log.warning("replication server unreachable", url=cfg.nats_url, error=str(error))
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            self._down_since = None
-            log.info("replication connected", url=cfg.nats_url, node=self.node)
-            return nc
+        self._down_since = None
+        log.info("replication connected", url=cfg.nats_url, node=self.node)
+        return nc
 
     # ------------------------------------------------------------------ live deltas
     def publish(self, change: Change) -> None:
