@@ -8,6 +8,7 @@ are attached to its report, because "timed out" alone rarely explains a distribu
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -116,15 +117,15 @@ def provider_factory(
 # module marks its tests ``pytest.mark.asyncio(loop_scope="module")``.
 
 
-@pytest_asyncio.fixture
-async def fake_host_factory(
-    nats_server: NatsServer, provider_factory: Callable[..., ProviderProcess]
+@contextlib.asynccontextmanager
+async def _hosts_on(
+    server: NatsServer, launch: Callable[..., ProviderProcess]
 ) -> AsyncIterator[Callable[..., Awaitable[FakeHost]]]:
-    """``await fake_host_factory(start=True, **FakeHost options)``: a host with its provider."""
+    """A FakeHost factory on ``server``; every host it made is stopped on exit."""
     hosts: list[FakeHost] = []
 
     async def make(*, start: bool = True, **options: Any) -> FakeHost:
-        host = FakeHost(nats_server, provider_factory, **options)
+        host = FakeHost(server, launch, **options)
         hosts.append(host)
         if start:
             await host.start()
@@ -135,6 +136,15 @@ async def fake_host_factory(
     finally:
         for host in hosts:
             await host.stop()
+
+
+@pytest_asyncio.fixture
+async def fake_host_factory(
+    nats_server: NatsServer, provider_factory: Callable[..., ProviderProcess]
+) -> AsyncIterator[Callable[..., Awaitable[FakeHost]]]:
+    """``await fake_host_factory(start=True, **FakeHost options)``: a host with its provider."""
+    async with _hosts_on(nats_server, provider_factory) as make:
+        yield make
 
 
 @pytest_asyncio.fixture
@@ -186,17 +196,5 @@ async def module_fake_host_factory(
     module_nats_server: NatsServer, module_provider_factory: Callable[..., ProviderProcess]
 ) -> AsyncIterator[Callable[..., Awaitable[FakeHost]]]:
     """``fake_host_factory`` for the module's event loop; hosts are stopped after the module."""
-    hosts: list[FakeHost] = []
-
-    async def make(*, start: bool = True, **options: Any) -> FakeHost:
-        host = FakeHost(module_nats_server, module_provider_factory, **options)
-        hosts.append(host)
-        if start:
-            await host.start()
-        return host
-
-    try:
+    async with _hosts_on(module_nats_server, module_provider_factory) as make:
         yield make
-    finally:
-        for host in hosts:
-            await host.stop()
