@@ -25,6 +25,7 @@ from contract.codec import DecodeError, pack, unpack
 from contract.keyvalue import GetResponse
 from contract.nkeys import KeyPair
 from contract.wire import Invocation, InvocationResponse
+from tests.harness import strategies
 from tests.harness.fakehost import FakeHost, ThreadLoop
 from tests.harness.natsserver import NatsServer
 
@@ -193,19 +194,7 @@ def test_wrong_argument_type_is_refused_and_changes_nothing(
 
 # -- hypothesis: random and mutated input ------------------------------------------------------
 
-msgpack_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=False)
-    | st.text(max_size=20)
-    | st.binary(max_size=20),
-    lambda inner: (
-        st.lists(inner, max_size=4)
-        | st.dictionaries(st.text(max_size=8) | st.integers(0, 9), inner, max_size=4)
-    ),
-    max_leaves=12,
-)
+msgpack_values = strategies.msgpack_values(allow_nan=False)
 
 INVOCATION_KEYS = [
     "origin",

@@ -40,14 +40,9 @@ WARNING_TEXT = "MORE THAN ONE MESSAGE PER SUBJECT"
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
-def js_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsServer]:
+def js_server(module_nats_server: NatsServer) -> NatsServer:
     """One JetStream server: the lattice of every test, and the stream server of most."""
-    server = NatsServer(tmp_path_factory.mktemp("js-nats"), jetstream=True)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.kill()
+    return module_nats_server
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,7 @@ from contract.wire import (
     LinkDefinition,
     parse_shutdown_host_id,
 )
+from tests.harness import strategies
 
 DATA = json.loads((Path(__file__).resolve().parent.parent / "data" / "vectors.json").read_text())
 V = {v["name"]: v for v in DATA["vectors"]}
@@ -35,19 +36,7 @@ ENVELOPES = [
 ]
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-msgpack_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**63), max_value=2**64 - 1)
-    | st.floats(allow_nan=True)
-    | st.text(max_size=20)
-    | st.binary(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4)
-        | st.dictionaries(st.text(max_size=8) | st.integers(0, 5), children, max_size=4)
-    ),
-    max_leaves=12,
-)
+msgpack_values = strategies.msgpack_values(allow_nan=True)
 
 
 def _decode_and_validate(data: bytes) -> None:
