@@ -44,13 +44,13 @@ from provider.replication.config import (
     parse_config_json,
 )
 from provider.replication.factory import build_replicator
-from provider.store import Change, KeyValueStore
+from provider.store import BUCKETS, Change, KeyValueStore
 from provider.verifier import SignatureVerifier
 
 log = structlog.get_logger("provider.daemon")
 
-#: How often expired keys become tombstones and old tombstones are forgotten. Reads check
-#: deadlines themselves, so this only bounds memory, never correctness.
+#: How long one pass over all keys takes (expired keys become tombstones, old tombstones are
+#: forgotten). Reads check deadlines themselves, so this only bounds memory, never correctness.
 SWEEP_INTERVAL_SECONDS = 30.0
 
 
@@ -314,9 +314,14 @@ class ProviderDaemon:
 
     # ------------------------------------------------------------------ background
     async def _sweep_forever(self) -> None:
+        """Sweep a slice of the buckets every second: a full pass per SWEEP_INTERVAL_SECONDS,
+        without ever scanning a million keys in one go on the event loop."""
+        per_tick = -(-BUCKETS // int(SWEEP_INTERVAL_SECONDS))
+        start = 0
         while True:
-            await asyncio.sleep(SWEEP_INTERVAL_SECONDS)
-            self.store.sweep()
+            await asyncio.sleep(1.0)
+            self.store.sweep(range(start, min(start + per_tick, BUCKETS)))
+            start = 0 if start + per_tick >= BUCKETS else start + per_tick
 
     async def _on_nats_error(self, error: Exception) -> None:
         log.warning("lattice connection error", error=str(error))

@@ -166,11 +166,14 @@ def unpack_changes(packed: Any) -> list[Change]:
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(packed) + 1)
     unpacker.feed(packed)
     try:
-        return [decode_change(item) for item in unpacker]
+        changes = [decode_change(item) for item in unpacker]
     except ChangeDecodeError:
         raise
     except Exception as error:
         raise MessageError(f"corrupt change list: {error}") from None
+    if unpacker.tell() != len(packed):  # iteration stops silently at a truncated last change
+        raise MessageError("corrupt change list: truncated")
+    return changes
 
 
 class Batch:

@@ -282,8 +282,11 @@ class KeyValueStore:
         old_digest = self._digest_of(key, old)
         self._put(key, bucket, old_digest, merge(old, incoming))
 
-    def sweep(self) -> int:
+    def sweep(self, buckets: range | None = None) -> int:
         """Turn expired keys into tombstones and forget old tombstones; returns keys touched.
+
+        ``buckets`` limits the pass to some buckets, so a large store can be swept a slice at a
+        time without stalling the event loop.
 
         An emptied list or set is never forgotten here: when it was emptied is not known (its
         birth may be stamp 0 or long past), and a replica that forgot it would re-create the key
@@ -296,7 +299,8 @@ class KeyValueStore:
         now = self._now_ms()
         horizon = now - self.tombstone_horizon_ms
         touched = 0
-        for bucket in self._buckets:
+        for index in buckets if buckets is not None else range(BUCKETS):
+            bucket = self._buckets[index]
             for key, entry in list(bucket.items()):
                 if entry.is_expired(now):
                     tomb = Entry((entry.stamp, entry.origin, entry.gen + 1), Kind.TOMBSTONE)
