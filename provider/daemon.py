@@ -105,6 +105,7 @@ class ProviderDaemon:
             ChunkStore(nc, hd.lattice_rpc_prefix),
             self.metrics,
             self.verifier,
+            send_reply=self._queue_reply,
         )
         self._tasks.append(asyncio.create_task(self._publish_replies_forever()))
         if "NATS_URL" in self._config_values:  # start-up config wins over any link's values
@@ -160,7 +161,7 @@ class ProviderDaemon:
     # ------------------------------------------------------------------ RPC
     async def _on_rpc(self, msg: Msg) -> None:
         # Never awaits: nats-py hands us the next message at once, so calls pipeline.
-        self._handler.receive(msg.data, msg.reply, self._queue_reply)
+        self._handler.receive(msg.data, msg.reply)
 
     def _queue_reply(self, subject: str, body: bytes) -> None:
         if not subject:  # the spec: answer only requests that carry a reply subject

@@ -77,6 +77,7 @@ class InvocationHandler:
         chunks: ChunkStore | None,
         metrics: Metrics,
         verifier: SignatureVerifier | None = None,
+        send_reply: SendReply | None = None,
     ) -> None:
         self._issuers = frozenset(host_data.cluster_issuers)
         self._provider_key = host_data.provider_key
@@ -88,14 +89,14 @@ class InvocationHandler:
         self._metrics = metrics
         self._verifier = verifier or SignatureVerifier(use_worker=False)
         self._batch: list[tuple[Invocation, PreparedClaims, str, float]] = []
-        self._send: SendReply | None = None
+        self._send = send_reply
         self._tasks: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------------ pipelined path
-    def receive(self, data: bytes, reply: str, send: SendReply) -> None:
-        """Start handling one message; its reply goes to ``send(reply, body)`` when ready."""
+    def receive(self, data: bytes, reply: str) -> None:
+        """Start handling one message; its reply goes to ``send_reply(reply, body)`` when ready."""
         started = time.perf_counter()
-        self._send = send
+        send = self._send
         try:
             inv = Invocation.decode(data)
         except DecodeError as error:

@@ -128,11 +128,13 @@ def decode(data: bytes) -> Message:
             if not isinstance(buckets, list):
                 raise MessageError("buckets is not a list")
             message.buckets = [_bucket(b) for b in buckets]
-        if t in ("sp", "sc"):
-            message.buckets = [_bucket(body["b"]) if not body.get("e") else 0]
-            message.offset = _uint(body["o"])
         if t == "sc":
-            message.end = body["e"] is True
+            if not isinstance(body["e"], bool):
+                raise MessageError("end flag is not a boolean")
+            message.end = body["e"]
+        if t in ("sp", "sc"):
+            message.buckets = [_bucket(body["b"]) if not message.end else 0]
+            message.offset = _uint(body["o"])
         if t == "so":
             message.keys = _uint(body["k"])
         elif t not in ("ch", "dg", "rr", "rp", "sr", "sp", "sc"):
