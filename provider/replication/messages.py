@@ -167,13 +167,17 @@ def unpack_changes(packed: Any) -> list[Change]:
         raise MessageError("changes are not a byte string")
     unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, max_buffer_size=len(packed) + 1)
     unpacker.feed(packed)
+    changes, end = [], 0
     try:
-        changes = [decode_change(item) for item in unpacker]
+        for item in unpacker:
+            changes.append(decode_change(item))
+            end = unpacker.tell()
     except ChangeDecodeError:
         raise
     except Exception as error:
         raise MessageError(f"corrupt change list: {error}") from None
-    if unpacker.tell() != len(packed):  # iteration stops silently at a truncated last change
+    # Iteration stops silently at a truncated last change (and tell() then counts its start).
+    if end != len(packed):
         raise MessageError("corrupt change list: truncated")
     return changes
 

@@ -1,0 +1,138 @@
+"""provider.replication.peers: liveness of other replicas and detection of missed batches."""
+
+from __future__ import annotations
+
+import pytest
+
+from provider.replication.peers import Peer, PeerTracker, differing_buckets
+
+
+def peer(tracker: PeerTracker, node: str, now: float = 0.0) -> Peer:
+    (found,) = [p for p in tracker.live(now) if p.node == node]
+    return found
+
+
+def test_first_batch_from_a_new_peer_is_no_gap() -> None:
+    tracker = PeerTracker(expiry_secs=10)
+    assert tracker.saw_batch("a", 57, now=0) is False  # joined mid-stream: nothing to repair
+    assert peer(tracker, "a").last_seq == 57
+    assert peer(tracker, "a").gaps == 0
+
+
+def test_consecutive_batches_are_no_gap() -> None:
+    tracker = PeerTracker(expiry_secs=10)
+    assert [tracker.saw_batch("a", seq, now=0) for seq in range(1, 6)] == [False] * 5
+    assert peer(tracker, "a").last_seq == 5
+
+
+def test_sequence_jump_is_a_gap() -> None:
+    tracker = PeerTracker(expiry_secs=10)
+    tracker.saw_batch("a", 1, now=0)
+    assert tracker.saw_batch("a", 3, now=1) is True
+    assert peer(tracker, "a", 1).last_seq == 3
+    assert peer(tracker, "a", 1).gaps == 1
+    assert tracker.saw_batch("a", 4, now=2) is False
+    assert tracker.saw_batch("a", 10, now=3) is True
+    assert peer(tracker, "a", 3).gaps == 2
+
+
+def test_duplicates_and_older_batches_are_no_gap() -> None:
+    tracker = PeerTracker(expiry_secs=10)
+    tracker.saw_batch("a", 5, now=0)
+    assert tracker.saw_batch("a", 5, now=0) is False  # duplicate
+    assert tracker.saw_batch("a", 2, now=0) is False  # late, out of order
+    assert peer(tracker, "a").last_seq == 5  # never moves back
+    assert tracker.saw_batch("a", 6, now=0) is False
+    assert peer(tracker, "a").gaps == 0
+
+
+def test_peers_are_tracked_separately() -> None:
+    tracker = PeerTracker(expiry_secs=10)
+    tracker.saw_batch("a", 1, now=0)
+    assert tracker.saw_batch("b", 9, now=0) is False  # new peer
+    assert tracker.saw_batch("a", 2, now=0) is False
+    assert tracker.saw_batch("b", 11, now=0) is True
+    assert [(p.node, p.last_seq, p.gaps) for p in tracker.live(0)] == [("a", 2, 0), ("b", 11, 1)]
+
+
+def test_digest_reporting_a_later_sequence_is_a_gap() -> None:
+    tracker = PeerTracker(expiry_secs=10)
+    tracker.saw_batch("a", 4, now=0)
+    assert tracker.saw_digest("a", 4, now=1) is False  # we have everything
+    assert tracker.saw_digest("a", 3, now=1) is False  # an older digest
+    assert tracker.saw_digest("a", 6, now=2) is True  # batches 5 and 6 never arrived
+    assert peer(tracker, "a", 2).last_seq == 6
+    assert peer(tracker, "a", 2).gaps == 1
+    assert tracker.saw_digest("a", 6, now=3) is False  # reported once, not again
+    assert tracker.saw_batch("a", 7, now=4) is False  # and the next batch follows on
+
+
+def test_first_digest_from_a_new_peer_is_no_gap() -> None:
+    tracker = PeerTracker(expiry_secs=10)
+    assert tracker.saw_digest("a", 100, now=0) is False
+    assert tracker.saw_batch("a", 101, now=0) is False
+    assert tracker.saw_digest("a", 0, now=0) is False  # a peer that has sent nothing yet
+
+
+def test_forget_sequences() -> None:
+    tracker = PeerTracker(expiry_secs=10)
+    tracker.saw_batch("a", 10, now=0)
+    tracker.saw_batch("b", 20, now=0)
+    tracker.forget_sequences()
+    assert [p.last_seq for p in tracker.live(0)] == [0, 0]
+    # peers stay known, so a jump is still a gap from the reset point ...
+    assert tracker.saw_batch("a", 11, now=1) is True
+    # ... and the next ones follow on
+    assert tracker.saw_batch("a", 12, now=1) is False
+    assert tracker.saw_batch("b", 1, now=1) is False
+    assert tracker.saw_digest("b", 1, now=1) is False
+
+
+def test_live_expiry() -> None:
+    tracker = PeerTracker(expiry_secs=10)
+    tracker.saw_batch("a", 1, now=0)
+    tracker.saw_digest("b", 1, now=5)
+    assert [p.node for p in tracker.live(now=10)] == ["a", "b"]  # exactly at the expiry: kept
+    assert [p.node for p in tracker.live(now=10.5)] == ["b"]
+    assert [p.node for p in tracker.live(now=14)] == ["b"]
+    tracker.saw_batch("b", 2, now=14)  # hearing from a peer keeps it alive
+    assert [p.node for p in tracker.live(now=24)] == ["b"]
+    assert tracker.live(now=100) == []
+
+
+def test_an_expired_peer_returns_as_new() -> None:
+    tracker = PeerTracker(expiry_secs=10)
+    tracker.saw_batch("a", 1, now=0)
+    assert tracker.live(now=20) == []
+    assert tracker.saw_batch("a", 50, now=21) is False  # a new peer: no gap
+    assert peer(tracker, "a", 21).gaps == 0
+
+
+def test_last_seen_is_updated() -> None:
+    tracker = PeerTracker(expiry_secs=10)
+    tracker.saw_batch("a", 1, now=3)
+    assert peer(tracker, "a", 3).last_seen == 3
+    tracker.saw_digest("a", 1, now=7)
+    assert peer(tracker, "a", 7).last_seen == 7
+
+
+def test_live_is_sorted_by_node() -> None:
+    tracker = PeerTracker(expiry_secs=10)
+    for node in ("c", "a", "b"):
+        tracker.saw_batch(node, 1, now=0)
+    assert [p.node for p in tracker.live(0)] == ["a", "b", "c"]
+
+
+def test_differing_buckets() -> None:
+    assert differing_buckets([], []) == []
+    assert differing_buckets([1, 2, 3], [1, 2, 3]) == []
+    assert differing_buckets([1, 2, 3, 4], [1, 0, 3, 5]) == [1, 3]
+    mine = list(range(1024))
+    theirs = [*mine]
+    theirs[0], theirs[1023] = -1, -1
+    assert differing_buckets(mine, theirs) == [0, 1023]
+
+
+def test_differing_buckets_needs_equal_lengths() -> None:
+    with pytest.raises(ValueError):
+        differing_buckets([1, 2], [1])
