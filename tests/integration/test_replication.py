@@ -23,6 +23,7 @@ import msgpack
 import nats
 import pytest
 
+from contract.client import KeyValueError
 from contract.nkeys import KeyPair
 from provider.store import Change, bucket_of
 from provider.store.codec import encode_change
@@ -584,6 +585,32 @@ async def test_first_link_without_nats_url_means_standalone(replicas: ReplicaSet
             "b-2": "y",
         }
     assert (await alone.health()).healthy
+
+
+async def test_deleting_the_first_link_does_not_stop_replication(
+    replicas: ReplicaSet, tag: str
+) -> None:
+    """Replication, once decided by the first link, runs until shutdown: deleting that link (or
+    any other) leaves it on."""
+    full = repl_values(replicas.lattice_url, tag)
+    a, b = replicas.add("a", full), replicas.add("b", full)
+    await replicas.start(a, b)
+    other = await a.put_link(KeyPair.generate("module"), full)
+    first_link = a.link(replicas.actor)
+    await replicas.nc.publish(a.subjects.link_del, first_link.encode_msgpack())
+    await replicas.nc.flush()
+
+    async def first_actor_unlinked() -> bool:
+        with pytest.raises(KeyValueError, match="unlinked actor"):
+            await a.client.contains("-")
+        return True
+
+    await wait_converged(first_actor_unlinked, timeout=5)
+    await other.set("after-unlink", "still replicated")
+    await wait_converged(
+        lambda: assert_state([b], {"after-unlink": "str"}, {"after-unlink": "still replicated"})
+    )
+    assert (await a.health()).healthy
 
 
 async def test_config_json_enables_replication_before_any_link(
