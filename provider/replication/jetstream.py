@@ -147,6 +147,7 @@ class JetStreamReplicator:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
+        self.store.tombstone_absent_keys = True
         self._tasks.append(asyncio.create_task(self._run(), name="jetstream"))
 
     async def stop(self) -> None:

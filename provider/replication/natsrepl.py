@@ -116,6 +116,7 @@ class NatsReplicator:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self.store.track_digests()
+        self.store.tombstone_absent_keys = True  # a Del overtaking its value still deletes it
         self._tasks.append(asyncio.create_task(self._run(), name="replication"))
 
     async def stop(self) -> None:

@@ -64,6 +64,8 @@ class KeyValueStore:
         self.tombstone_horizon_ms = tombstone_horizon_ms
         self._buckets: list[dict[str, Entry]] = [{} for _ in range(BUCKETS)]
         self._digests: list[int] | None = None
+        #: Set by replicating backends: see :meth:`delete`.
+        self.tombstone_absent_keys = False
 
     # ------------------------------------------------------------------ bookkeeping
     def __len__(self) -> int:
@@ -193,13 +195,19 @@ class KeyValueStore:
         return Change(key, entry.copy())
 
     def delete(self, key: str) -> tuple[bool, Change | None]:
-        """Delete whatever ``key`` holds (also ListClear and SetClear); True if it existed."""
+        """Delete whatever ``key`` holds (also ListClear and SetClear); True if it existed.
+
+        With :attr:`tombstone_absent_keys` (set by replicating backends) a delete of a key this
+        replica has not seen (yet) still writes a tombstone, which merges with the value when
+        it arrives: the delete takes effect even if it overtook the write it deletes.
+        """
         bucket, old = self._lookup(key)
-        if old is None or not old.is_live(self._now_ms()):
+        live = old is not None and old.is_live(self._now_ms())
+        if not live and not self.tombstone_absent_keys:
             return False, None
         entry = Entry((self.clock.now(), self.node_id, 0), Kind.TOMBSTONE)
         self._put(key, bucket, self._digest_of(key, old), entry)
-        return True, Change(key, entry.copy())
+        return live, Change(key, entry.copy())
 
     def increment(self, key: str, delta: int) -> tuple[int, Change]:
         """Add ``delta`` to an integer string (missing counts as 0); returns the new value.

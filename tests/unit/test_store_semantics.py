@@ -652,3 +652,23 @@ def test_reads_produce_no_state(store: KeyValueStore) -> None:
     store.set_union(["e", "f"])
     store.set_intersection(["g"])
     assert len(store) == 0
+
+
+def test_replicating_store_tombstones_a_delete_that_overtakes_its_value() -> None:
+    """A Del reaching a replica before the write it deletes still wins when the write lands."""
+    # The delete happens after the write (a later wall clock), but reaches its replica first.
+    writer = KeyValueStore("w", now_ms=lambda: 1_000_000)
+    deleter = KeyValueStore("d", now_ms=lambda: 1_000_005)
+    deleter.tombstone_absent_keys = True
+    write = writer.set("k", "v")
+    existed, tombstone = deleter.delete("k")
+    assert existed is False and tombstone is not None
+    deleter.apply(write)
+    writer.apply(tombstone)
+    assert deleter.get("k") is None and writer.get("k") is None
+
+
+def test_standalone_store_writes_no_tombstone_for_a_missing_key() -> None:
+    store = KeyValueStore("s")
+    assert store.delete("missing") == (False, None)
+    assert store.entry("missing") is None
