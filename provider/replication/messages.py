@@ -10,8 +10,11 @@ corrupt bytes) with a log line; nothing here raises anything but :class:`Message
 ``ch``  change batch          ``s`` sender's batch sequence number, ``c`` changes,
                               ``w`` sender's wall clock (ms) at sending, for lag figures
 ``dg``  digest                ``s`` sender's last batch sequence, ``d`` bucket digests (bytes)
-``rr``  repair request        ``b`` bucket ids, ``c`` the sender's changes for those buckets
-``rp``  repair reply          ``b`` bucket ids covered, ``c`` changes
+``rr``  repair request        ``b`` bucket ids, ``d`` per bucket the sender's non-zero
+                              sub-bucket digests (``{sub: digest}``, so a small bucket is cheap)
+``rp``  repair reply          ``b`` bucket ids covered, ``x`` differing sub-buckets
+                              (``bucket * 64 + sub``), ``c`` the replier's changes for them
+``pu``  repair push           ``c`` the requester's changes for those sub-buckets (no reply)
 ``sr``  snapshot hello        (none) — "who can give me a snapshot?"
 ``so``  snapshot offer        ``k`` key count
 ``sp``  snapshot pull         ``b`` bucket cursor, ``o`` offset inside the bucket
@@ -30,7 +33,7 @@ from typing import Any
 
 import msgpack
 
-from provider.store import BUCKETS, Change
+from provider.store import BUCKETS, SUB_BUCKETS, Change
 from provider.store.codec import ChangeDecodeError, decode_change, encode_change
 
 FORMAT = 1
@@ -44,6 +47,9 @@ MAX_MESSAGE_BYTES = 900 * 1024
 CHUNK_TARGET_BYTES = 256 * 1024
 
 _DIGESTS = struct.Struct(f"<{BUCKETS}Q")
+
+#: Buckets named in one repair request (64 sub-digests each: 32 KiB at most).
+MAX_REPAIR_BUCKETS = 64
 
 
 class MessageError(ValueError):
@@ -62,6 +68,8 @@ class Message:
     keys: int = 0
     end: bool = False
     sent_ms: int = 0
+    subs: list[int] = field(default_factory=list)
+    sub_digests: list[dict[int, int]] = field(default_factory=list)
 
 
 def pack_change(change: Change) -> bytes:
@@ -72,7 +80,7 @@ def encode(message: Message, packed_changes: bytes | None = None) -> bytes:
     """Serialise; ``packed_changes`` (from :func:`pack_change`, concatenated) saves re-packing."""
     body: dict[str, Any] = {"f": FORMAT, "t": message.type, "n": message.node}
     t = message.type
-    if t in ("ch", "rr", "rp", "sc"):
+    if t in ("ch", "rp", "pu", "sc"):
         body["c"] = (
             packed_changes
             if packed_changes is not None
@@ -86,6 +94,10 @@ def encode(message: Message, packed_changes: bytes | None = None) -> bytes:
         body["d"] = _DIGESTS.pack(*message.digests)
     if t in ("rr", "rp"):
         body["b"] = message.buckets
+    if t == "rr":
+        body["d"] = message.sub_digests
+    if t == "rp":
+        body["x"] = message.subs
     if t in ("sp", "sc"):
         body["b"] = message.buckets[0] if message.buckets else 0
         body["o"] = message.offset
@@ -112,7 +124,7 @@ def decode(data: bytes) -> Message:
         raise MessageError("missing type or node")
     message = Message(t, node)
     try:
-        if t in ("ch", "rr", "rp", "sc"):
+        if t in ("ch", "rp", "pu", "sc"):
             message.changes = unpack_changes(body["c"])
         if t in ("ch", "dg"):
             message.seq = _uint(body["s"])
@@ -128,6 +140,13 @@ def decode(data: bytes) -> Message:
             if not isinstance(buckets, list):
                 raise MessageError("buckets is not a list")
             message.buckets = [_bucket(b) for b in buckets]
+        if t == "rr":
+            message.sub_digests = _sub_digest_maps(body["d"], len(message.buckets))
+        if t == "rp":
+            subs = body["x"]
+            if not isinstance(subs, list):
+                raise MessageError("sub-buckets is not a list")
+            message.subs = [_sub(x) for x in subs]
         if t == "sc":
             if not isinstance(body["e"], bool):
                 raise MessageError("end flag is not a boolean")
@@ -137,7 +156,7 @@ def decode(data: bytes) -> Message:
             message.offset = _uint(body["o"])
         if t == "so":
             message.keys = _uint(body["k"])
-        elif t not in ("ch", "dg", "rr", "rp", "sr", "sp", "sc"):
+        elif t not in ("ch", "dg", "rr", "rp", "pu", "sr", "sp", "sc"):
             raise MessageError(f"unknown message type {t!r}")
     except KeyError as missing:
         raise MessageError(f"{t} message without field {missing}") from None
@@ -150,6 +169,29 @@ def _uint(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise MessageError(f"expected a non-negative integer, got {value!r}")
     return value
+
+
+def _sub_digest_maps(value: Any, buckets: int) -> list[dict[int, int]]:
+    if buckets > MAX_REPAIR_BUCKETS:
+        raise MessageError(
+            f"{buckets} buckets in one repair request (at most {MAX_REPAIR_BUCKETS})"
+        )
+    if not isinstance(value, list) or len(value) != buckets:
+        raise MessageError("sub-bucket digests do not match the buckets")
+    for item in value:
+        if not isinstance(item, dict):
+            raise MessageError("sub-bucket digests are not a map")
+        for sub, digest in item.items():
+            if _uint(sub) >= SUB_BUCKETS or _uint(digest) >= 2**64:
+                raise MessageError("sub-bucket digest out of range")
+    return value
+
+
+def _sub(value: Any) -> int:
+    index = _uint(value)
+    if index >= BUCKETS * SUB_BUCKETS:
+        raise MessageError(f"sub-bucket {index} out of range")
+    return index
 
 
 def _bucket(value: Any) -> int:

@@ -9,11 +9,12 @@ Three mechanisms, each covering what the one before cannot:
    subject (a queue group: one peer answers) for a snapshot and *pulls* it in bounded chunks, one
    request per chunk, which is its flow control. It merges the chunks like any other change.
 3. **Anti-entropy.** Every period each instance publishes its 1024 bucket digests. A peer whose
-   digests differ asks for the differing buckets, sending its own entries for them along; the
-   answer completes both sides. Of each pair only the node with the smaller id asks, so buckets
-   cross once; the other prods it by publishing its digests early. Traffic is proportional to
-   what differs. A numbering gap, or a reconnect, triggers a round at once instead of waiting
-   for the period.
+   digests differ sends its 64 sub-bucket digests of each differing bucket; the answer carries
+   the other side's entries of the sub-buckets that differ, and the asker pushes its own for the
+   same sub-buckets, which completes both sides. Of each pair only the node with the smaller id
+   asks, so entries cross once; the other prods it by publishing its digests early. Traffic is
+   proportional to what differs. A numbering gap, or a reconnect, triggers a round at once
+   instead of waiting for the period.
 
 Merging is idempotent and commutative (:mod:`provider.store.entry`), so duplicates, reordering
 and overlap between the three paths are harmless. While NATS is unreachable the store keeps
@@ -35,7 +36,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from provider.natsconn import connect_forever
-from provider.store import BUCKETS, Change, KeyValueStore
+from provider.store import BUCKETS, SUB_BUCKETS, Change, KeyValueStore
 from provider.store.hlc import wall_ms
 
 from . import messages as m
@@ -269,60 +270,96 @@ class NatsReplicator:
             self.last_anti_entropy = time.time()
 
     async def _repair(self, peer: str, candidates: list[int]) -> None:
-        """Exchange the entries of differing buckets with ``peer``, in bounded messages."""
+        """Reconcile the differing buckets with ``peer``, in bounded messages.
+
+        We send our sub-bucket digests of those buckets; the peer answers with its entries of
+        the sub-buckets that differ and names them; we merge those and push ours for the same
+        sub-buckets. Both sides then hold the union, and only differing sub-buckets travelled.
+        """
         await asyncio.sleep(SETTLE_SECS)
         self.counters["repairs"] += 1
+        subject = f"{self._direct_prefix}.{peer}"
         remaining = list(candidates)
         while remaining:
-            buckets, packed, count = self._pack_buckets(remaining)
-            remaining = remaining[len(buckets) :]
-            request = m.encode(m.Message("rr", self.node, buckets=buckets), packed)
-            self.counters["repair_changes_out"] += count
-            self.counters["repair_bytes"] += len(request)
+            buckets = remaining[: m.MAX_REPAIR_BUCKETS]
+            sparse = [
+                {sub: d for sub, d in enumerate(self.store.sub_digests(index)) if d}
+                for index in buckets
+            ]
+            request = m.encode(m.Message("rr", self.node, buckets=buckets, sub_digests=sparse))
             try:
-                reply = await self._nc.request(
-                    f"{self._direct_prefix}.{peer}", request, timeout=self._repair_timeout
-                )
+                reply = await self._nc.request(subject, request, timeout=self._repair_timeout)
             except Exception as error:
                 log.info("repair with peer interrupted", peer=peer, error=str(error))
                 return
             answer = self._decode(reply, "rp")
-            if answer is None:
-                return
-            self.counters["repair_bytes"] += len(reply.data)
+            if answer is None or not answer.buckets:
+                return  # no progress; the next period tries again
+            self.counters["repair_bytes"] += len(request) + len(reply.data)
             self._apply_all(answer.changes, "repair_changes_in")
-            unanswered = [b for b in buckets if b not in set(answer.buckets)]
-            remaining = unanswered + remaining
-            if unanswered and not answer.buckets:
-                return  # the peer made no progress; the next period will try again
+            await self._push(subject, answer.subs)
+            covered = set(answer.buckets)
+            remaining = [index for index in remaining if index not in covered]
         self.last_anti_entropy = time.time()
 
-    def _pack_buckets(self, buckets: list[int]) -> tuple[list[int], bytes, int]:
-        """Whole buckets from the front of ``buckets`` that fit one message (at least one)."""
+    async def _push(self, subject: str, subs: list[int]) -> None:
+        """Send our entries of the named sub-buckets (``bucket * SUB_BUCKETS + sub``)."""
+        wanted: dict[int, set[int]] = {}
+        for sub in subs:
+            wanted.setdefault(sub // SUB_BUCKETS, set()).add(sub % SUB_BUCKETS)
         batch = m.Batch()
-        taken: list[int] = []
-        for index in buckets:
-            parts = [m.pack_change(Change(k, e)) for k, e in self.store.bucket_items(index)]
-            size = sum(len(p) for p in parts)
-            if taken and batch.size + size > m.CHUNK_TARGET_BYTES:
-                break
-            taken.append(index)
+        for index, sub_set in wanted.items():
+            for key, entry in self.store.sub_bucket_items(index, sub_set):
+                packed = m.pack_change(Change(key, entry))
+                if not batch.fits(packed):
+                    await self._send_push(subject, batch)
+                    if not batch.fits(packed):
+                        continue  # a single entry over the limit cannot travel
+                batch.add(packed)
+        await self._send_push(subject, batch)
+
+    async def _send_push(self, subject: str, batch: m.Batch) -> None:
+        if not batch.count:
+            return
+        self.counters["repair_changes_out"] += batch.count
+        body = m.encode(m.Message("pu", self.node), batch.take())
+        self.counters["repair_bytes"] += len(body)
+        with contextlib.suppress(Exception):
+            await self._nc.publish(subject, body)
+
+    def _answer_repair(self, message: m.Message) -> bytes:
+        """Our entries of the sub-buckets whose digests differ from the requester's."""
+        batch, covered, subs = m.Batch(), [], []
+        for index, theirs in zip(message.buckets, message.sub_digests, strict=True):
+            mine = self.store.sub_digests(index)
+            differing = {sub for sub in range(SUB_BUCKETS) if theirs.get(sub, 0) != mine[sub]}
+            parts = [
+                m.pack_change(Change(key, entry))
+                for key, entry in self.store.sub_bucket_items(index, differing)
+            ]
+            if covered and batch.size + sum(map(len, parts)) > m.CHUNK_TARGET_BYTES:
+                break  # the requester asks again for the buckets not covered
+            covered.append(index)
+            subs.extend(index * SUB_BUCKETS + sub for sub in sorted(differing))
             for part in parts:
                 if batch.size + len(part) <= m.MAX_MESSAGE_BYTES - 4096:
                     batch.add(part)
-        count = batch.count
-        return taken, batch.take(), count
+        self.counters["repair_changes_out"] += batch.count
+        reply = m.Message("rp", self.node, buckets=covered, subs=subs)
+        return m.encode(reply, batch.take())
 
     async def _on_direct(self, msg: Msg) -> None:
-        """Requests addressed to this node: repair exchanges and snapshot pulls."""
+        """Messages addressed to this node: repair exchanges and snapshot pulls."""
         message = self._decode(msg, None)
-        if message is None or not msg.reply:
+        if message is None:
+            return
+        if message.type == "pu":
+            self._apply_all(message.changes, "repair_changes_in")
+            return
+        if not msg.reply:
             return
         if message.type == "rr":
-            self._apply_all(message.changes, "repair_changes_in")
-            buckets, packed, count = self._pack_buckets(message.buckets)
-            self.counters["repair_changes_out"] += count
-            body = m.encode(m.Message("rp", self.node, buckets=buckets), packed)
+            body = self._answer_repair(message)
             self.counters["repair_bytes"] += len(body) + len(msg.data)
         elif message.type == "sp":
             body = self._snapshot_chunk(message.buckets[0], message.offset)

@@ -16,10 +16,11 @@ from .errors import (
     TooLargeError,
     WrongTypeError,
 )
-from .store import BUCKETS, Change, KeyValueStore, bucket_of
+from .store import BUCKETS, SUB_BUCKETS, Change, KeyValueStore, bucket_of, sub_bucket_of
 
 __all__ = [
     "BUCKETS",
+    "SUB_BUCKETS",
     "Change",
     "Entry",
     "IncrementOverflowError",
@@ -30,4 +31,5 @@ __all__ = [
     "TooLargeError",
     "WrongTypeError",
     "bucket_of",
+    "sub_bucket_of",
 ]

@@ -22,6 +22,10 @@ from .errors import IncrementOverflowError, NotIntegerError, WrongTypeError
 from .hlc import HybridClock, stamp_ms, wall_ms
 
 BUCKETS = 1024
+#: Each bucket splits again into this many sub-buckets for repair: peers whose bucket digests
+#: differ compare the bucket's sub-bucket digests next and exchange only the sub-buckets that
+#: differ, so repair traffic follows the difference, not the bucket size.
+SUB_BUCKETS = 64
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 
 #: Tombstones older than this are forgotten. Until then they stop a late or replayed message from
@@ -38,6 +42,11 @@ def bucket_of(key: str) -> int:
 
 def _key_digest(key: str, entry: Entry) -> int:
     return entry.digest() ^ zlib.crc32(key.encode("utf-8", "surrogatepass"))
+
+
+def sub_bucket_of(key: str) -> int:
+    """The sub-bucket of a key inside its bucket: the hash bits above the bucket number."""
+    return (zlib.crc32(key.encode("utf-8", "surrogatepass")) // BUCKETS) % SUB_BUCKETS
 
 
 @dataclass(slots=True, frozen=True)
@@ -82,6 +91,17 @@ class KeyValueStore:
 
     def bucket_items(self, index: int) -> list[tuple[str, Entry]]:
         return list(self._buckets[index].items())
+
+    def sub_digests(self, index: int) -> list[int]:
+        """Digests of bucket ``index``'s sub-buckets, computed on demand (repair only)."""
+        digests = [0] * SUB_BUCKETS
+        for key, entry in self._buckets[index].items():
+            digests[sub_bucket_of(key)] ^= _key_digest(key, entry)
+        return digests
+
+    def sub_bucket_items(self, index: int, subs: set[int]) -> list[tuple[str, Entry]]:
+        """The entries of bucket ``index`` that fall in the sub-buckets ``subs``."""
+        return [(k, e) for k, e in self._buckets[index].items() if sub_bucket_of(k) in subs]
 
     def entry(self, key: str) -> Entry | None:
         """The raw stored entry (tests and replication use it)."""

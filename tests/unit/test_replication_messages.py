@@ -20,6 +20,7 @@ from provider.replication.messages import (
     CHUNK_TARGET_BYTES,
     FORMAT,
     MAX_MESSAGE_BYTES,
+    MAX_REPAIR_BUCKETS,
     Batch,
     Message,
     MessageError,
@@ -28,13 +29,13 @@ from provider.replication.messages import (
     pack_change,
     unpack_changes,
 )
-from provider.store import BUCKETS, Change, KeyValueStore
+from provider.store import BUCKETS, SUB_BUCKETS, Change, KeyValueStore
 from provider.store.codec import ChangeDecodeError
 from provider.store.entry import canonical
 from tests.harness.strategies import msgpack_values
 
 START_MS = 1_700_000_000_000
-TYPES = ("ch", "dg", "rr", "rp", "sr", "so", "sp", "sc")
+TYPES = ("ch", "dg", "rr", "rp", "pu", "sr", "so", "sp", "sc")
 
 
 def build_changes() -> list[Change]:
@@ -76,8 +77,9 @@ def valid_body(t: str) -> dict[str, Any]:
     extra: dict[str, dict[str, Any]] = {
         "ch": {"s": 3, "c": packed, "w": 1234},
         "dg": {"s": 3, "d": bytes(8 * BUCKETS)},
-        "rr": {"b": [1, 2], "c": packed},
-        "rp": {"b": [1, 2], "c": packed},
+        "rr": {"b": [1, 2], "d": [{0: 7, 63: 2**64 - 1}, {}]},
+        "rp": {"b": [1, 2], "x": [1 * SUB_BUCKETS + 3, 2 * SUB_BUCKETS], "c": packed},
+        "pu": {"c": packed},
         "sr": {},
         "so": {"k": 10},
         "sp": {"b": 5, "o": 2},
@@ -131,14 +133,30 @@ def test_digest_round_trip() -> None:
     assert len(back.digests) == BUCKETS
 
 
-@pytest.mark.parametrize("t", ["rr", "rp"])
-def test_repair_round_trip(t: str) -> None:
+def test_repair_request_round_trip() -> None:
     buckets = [0, 5, 17, BUCKETS - 1]
-    back = decode(encode(Message(t, "node-c", buckets=buckets, changes=CHANGES)))
-    assert (back.type, back.node, back.buckets) == (t, "node-c", buckets)
+    sparse = [{0: 1}, {}, {63: 2**64 - 1, 1: 5}, {s: s + 1 for s in range(SUB_BUCKETS)}]
+    back = decode(encode(Message("rr", "node-c", buckets=buckets, sub_digests=sparse)))
+    assert (back.type, back.node, back.buckets) == ("rr", "node-c", buckets)
+    assert back.sub_digests == sparse
+    empty = decode(encode(Message("rr", "node-c")))
+    assert (empty.buckets, empty.sub_digests) == ([], [])
+
+
+def test_repair_request_bounds_its_bucket_count() -> None:
+    body = valid_body("rr")
+    body["b"] = list(range(MAX_REPAIR_BUCKETS + 1))
+    body["d"] = [{}] * (MAX_REPAIR_BUCKETS + 1)
+    assert "at most" in str(raises_message_error(raw(body)))
+
+
+def test_repair_reply_and_push_round_trip() -> None:
+    subs = [0, 5 * SUB_BUCKETS + 63, BUCKETS * SUB_BUCKETS - 1]
+    back = decode(encode(Message("rp", "node-c", buckets=[0, 5], subs=subs, changes=CHANGES)))
+    assert (back.type, back.buckets, back.subs) == ("rp", [0, 5], subs)
     assert plain(back.changes) == plain(CHANGES)
-    empty = decode(encode(Message(t, "node-c")))
-    assert (empty.buckets, empty.changes) == ([], [])
+    push = decode(encode(Message("pu", "node-c", changes=CHANGES)))
+    assert (push.type, plain(push.changes)) == ("pu", plain(CHANGES))
 
 
 def test_snapshot_hello_round_trip() -> None:
@@ -239,7 +257,13 @@ WRONG_FIELDS = (
     [("ch", "s", v) for v in UINT_BAD]
     + [("dg", "s", v) for v in UINT_BAD]
     + [("ch", "w", v) for v in UINT_BAD]
-    + [(t, "c", v) for t in ("ch", "rr", "rp", "sc") for v in CHANGES_BAD]
+    + [(t, "c", v) for t in ("ch", "rp", "pu", "sc") for v in CHANGES_BAD]
+    + [
+        ("rr", "d", v)
+        for v in (b"", "x", None, [{}], [{}, {}, {}], [{}, []], [{64: 1}, {}], [{0: -1}, {}])
+    ]
+    + [("rr", "d", v) for v in ([{"0": 1}, {}], [{0: True}, {}], [{0: 1.5}, {}])]
+    + [("rp", "x", v) for v in (5, None, "1", [-1], [BUCKETS * SUB_BUCKETS], [True], [1.0])]
     + [("dg", "d", v) for v in DIGESTS_BAD]
     + [(t, "b", v) for t in ("rr", "rp") for v in (5, "1", None, b"\x01", {"a": 1}, True)]
     + [(t, "b", [1, v]) for t in ("rr", "rp") for v in BUCKET_BAD]
@@ -260,8 +284,9 @@ def test_wrong_field_types_are_rejected(t: str, field: str, value: Any) -> None:
 REQUIRED = {
     "ch": ["s", "c"],
     "dg": ["s", "d"],
-    "rr": ["b", "c"],
-    "rp": ["b", "c"],
+    "rr": ["b", "d"],
+    "rp": ["b", "x", "c"],
+    "pu": ["c"],
     "so": ["k"],
     "sp": ["b", "o"],
     "sc": ["c", "b", "o", "e"],
@@ -280,8 +305,10 @@ def test_missing_fields_are_rejected(t: str, field: str) -> None:
 def test_bucket_ids_must_be_below_bucket_count(t: str) -> None:
     last = valid_body(t)
     last["b"] = [BUCKETS - 1] if t in ("rr", "rp") else BUCKETS - 1
+    if t == "rr":  # one bucket named: one bucket's sub-digests
+        last["d"] = [{}]
     assert decode(raw(last)).buckets == [BUCKETS - 1]
-    over = valid_body(t)
+    over = dict(last)
     over["b"] = [BUCKETS] if t in ("rr", "rp") else BUCKETS
     assert "out of range" in str(raises_message_error(raw(over)))
 
@@ -450,8 +477,9 @@ def test_random_top_level_values_raise_only_message_error(t: str, value: Any) ->
 SAMPLES = [
     encode(Message("ch", "a", seq=1, changes=CHANGES[:4], sent_ms=5)),
     encode(Message("dg", "a", seq=2, digests=list(range(BUCKETS)))),
-    encode(Message("rr", "a", buckets=[1, 2], changes=CHANGES[4:8])),
-    encode(Message("rp", "a", buckets=[3], changes=CHANGES[8:])),
+    encode(Message("rr", "a", buckets=[1, 2], sub_digests=[{0: 9, 5: 7}, {}])),
+    encode(Message("rp", "a", buckets=[3], subs=[3 * SUB_BUCKETS + 1], changes=CHANGES[8:])),
+    encode(Message("pu", "a", changes=CHANGES[4:8])),
     encode(Message("sr", "a")),
     encode(Message("so", "a", keys=3)),
     encode(Message("sp", "a", buckets=[4], offset=5)),

@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from provider.store import (
+    SUB_BUCKETS,
     Change,
     IncrementOverflowError,
     KeyValueStore,
@@ -20,6 +21,8 @@ from provider.store import (
     NotIntegerError,
     StoreError,
     WrongTypeError,
+    bucket_of,
+    sub_bucket_of,
 )
 from provider.store.entry import canonical
 
@@ -672,3 +675,23 @@ def test_standalone_store_writes_no_tombstone_for_a_missing_key() -> None:
     store = KeyValueStore("s")
     assert store.delete("missing") == (False, None)
     assert store.entry("missing") is None
+
+
+def test_sub_bucket_digests_partition_the_bucket_digest() -> None:
+    """Repair compares sub-bucket digests: together they must say exactly what the bucket says."""
+    store = KeyValueStore("n")
+    digests = store.track_digests()
+    for i in range(3000):
+        store.set(f"key:{i}", str(i))
+    store.list_add("list", "a")
+    store.set_add("set", "m")
+    for index in (bucket_of("key:1"), bucket_of("list"), bucket_of("set")):
+        subs = store.sub_digests(index)
+        combined = 0
+        for sub in subs:
+            combined ^= sub
+        assert combined == digests[index]
+        everything = store.bucket_items(index)
+        parts = [store.sub_bucket_items(index, {sub}) for sub in range(SUB_BUCKETS)]
+        assert sorted(k for part in parts for k, _ in part) == sorted(k for k, _ in everything)
+        assert all(sub_bucket_of(k) == sub for sub, part in enumerate(parts) for k, _ in part)
