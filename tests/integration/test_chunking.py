@@ -8,13 +8,18 @@ and delete the object. A reply over 900 KiB goes the other way, under ``{id}-r``
 
 from __future__ import annotations
 
+import base64
 import dataclasses
+import hashlib
+import json
+import uuid
 
 import pytest
 from nats.js.errors import NotFoundError
 
 from contract.keyvalue import OPERATIONS, SetRequest
 from contract.wire import Invocation
+from provider.chunking import encoded_meta_subject, raw_meta_subject
 from tests.harness.fakehost import FakeHost
 
 BIG = 1_000_000  # over both the OTP host's and the SDK's chunking thresholds
@@ -84,3 +89,52 @@ async def test_large_reply_is_stored_under_id_dash_r(fake_host: FakeHost) -> Non
     stored = await (await _object_store(fake_host)).get(f"{get.id}-r")
     decoded = OPERATIONS["Get"].decode_output(bytes(stored.data))
     assert (decoded.exists, decoded.value) == (True, value)
+
+
+async def _put_raw_named(host: FakeHost, name: str, body: bytes) -> None:
+    """Store an object the way the OTP host's NIF (sync ``nats`` crate) does: chunks under a
+    fresh nuid, metadata under the raw name (not base64)."""
+    await _object_store(host)  # make sure the bucket's stream exists
+    js, bucket = host.nc.jetstream(), host.lattice
+    nuid = uuid.uuid4().hex
+    chunk = 128 * 1024
+    for start in range(0, len(body), chunk):
+        await js.publish(f"$O.{bucket}.C.{nuid}", body[start : start + chunk])
+    digest = base64.urlsafe_b64encode(hashlib.sha256(body).digest()).decode()
+    meta = {
+        "name": name,
+        "bucket": bucket,
+        "nuid": nuid,
+        "size": len(body),
+        "chunks": -(-len(body) // chunk),
+        "digest": f"SHA-256={digest}",
+    }
+    await js.publish(raw_meta_subject(bucket, name), json.dumps(meta).encode())
+
+
+async def test_request_body_stored_under_the_raw_name_is_found(fake_host: FakeHost) -> None:
+    """The OTP host's NIF names objects raw; the provider looks there too, then purges it."""
+    value = "r" * BIG
+    body = OPERATIONS["Set"].encode_input(SetRequest("raw-named", value, 0))
+    inv = fake_host.invocation("KeyValue.Set", body)
+    await _put_raw_named(fake_host, inv.id, body)
+    chunked = dataclasses.replace(inv, msg=b"", content_length=len(body))
+    assert (await fake_host.send(chunked, timeout=15)).error is None
+    assert len((await fake_host.kv.get("raw-named")).value) == BIG
+    js = fake_host.nc.jetstream()
+    with pytest.raises(NotFoundError):
+        await js.get_last_msg(
+            f"OBJ_{fake_host.lattice}", raw_meta_subject(fake_host.lattice, inv.id)
+        )
+
+
+async def test_large_reply_metadata_is_under_both_names(fake_host: FakeHost) -> None:
+    body = OPERATIONS["Set"].encode_input(SetRequest("both-names", "z" * 950_000, 0))
+    inv = await _send_chunked(fake_host, fake_host.invocation("KeyValue.Set", body))
+    assert (await fake_host.send(inv, timeout=15)).error is None
+    get = fake_host.invocation("KeyValue.Get", OPERATIONS["Get"].encode_input("both-names"))
+    assert (await fake_host.send(get, timeout=15)).msg == b""
+    js, bucket = fake_host.nc.jetstream(), fake_host.lattice
+    raw = await js.get_last_msg(f"OBJ_{bucket}", raw_meta_subject(bucket, f"{get.id}-r"))
+    encoded = await js.get_last_msg(f"OBJ_{bucket}", encoded_meta_subject(bucket, f"{get.id}-r"))
+    assert json.loads(raw.data)["nuid"] == json.loads(encoded.data)["nuid"]
