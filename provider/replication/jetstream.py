@@ -138,7 +138,6 @@ class JetStreamReplicator:
         self._problem: str | None = None
         self._failed = False
         self._down_since: float | None = clock()
-        self._ready = asyncio.Event()
         self._replaying = True
         self._replay_target = 0
         self.counters = {"writes": 0, "conflicts": 0, "applied": 0, "dropped_messages": 0}
