@@ -36,9 +36,10 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from provider.natsconn import connect_forever
-from provider.store import BUCKETS, SUB_BUCKETS, Change, KeyValueStore
+from provider.store import Change, KeyValueStore
 from provider.store.hlc import wall_ms
 
+from . import exchange
 from . import messages as m
 from .base import ReplicationHealth
 from .config import ReplicationConfig
@@ -282,11 +283,7 @@ class NatsReplicator:
         remaining = list(candidates)
         while remaining:
             buckets = remaining[: m.MAX_REPAIR_BUCKETS]
-            sparse = [
-                {sub: d for sub, d in enumerate(self.store.sub_digests(index)) if d}
-                for index in buckets
-            ]
-            request = m.encode(m.Message("rr", self.node, buckets=buckets, sub_digests=sparse))
+            request = exchange.repair_request(self.store, self.node, buckets)
             try:
                 reply = await self._nc.request(subject, request, timeout=self._repair_timeout)
             except Exception as error:
@@ -303,50 +300,12 @@ class NatsReplicator:
         self.last_anti_entropy = time.time()
 
     async def _push(self, subject: str, subs: list[int]) -> None:
-        """Send our entries of the named sub-buckets (``bucket * SUB_BUCKETS + sub``)."""
-        wanted: dict[int, set[int]] = {}
-        for sub in subs:
-            wanted.setdefault(sub // SUB_BUCKETS, set()).add(sub % SUB_BUCKETS)
-        batch = m.Batch()
-        for index, sub_set in wanted.items():
-            for key, entry in self.store.sub_bucket_items(index, sub_set):
-                packed = m.pack_change(Change(key, entry))
-                if not batch.fits(packed):
-                    await self._send_push(subject, batch)
-                    if not batch.fits(packed):
-                        continue  # a single entry over the limit cannot travel
-                batch.add(packed)
-        await self._send_push(subject, batch)
-
-    async def _send_push(self, subject: str, batch: m.Batch) -> None:
-        if not batch.count:
-            return
-        self.counters["repair_changes_out"] += batch.count
-        body = m.encode(m.Message("pu", self.node), batch.take())
-        self.counters["repair_bytes"] += len(body)
-        with contextlib.suppress(Exception):
-            await self._nc.publish(subject, body)
-
-    def _answer_repair(self, message: m.Message) -> bytes:
-        """Our entries of the sub-buckets whose digests differ from the requester's."""
-        batch, covered, subs = m.Batch(), [], []
-        for index, theirs in zip(message.buckets, message.sub_digests, strict=True):
-            mine = self.store.sub_digests(index)
-            differing = {sub for sub in range(SUB_BUCKETS) if theirs.get(sub, 0) != mine[sub]}
-            parts = [
-                m.pack_change(Change(key, entry))
-                for key, entry in self.store.sub_bucket_items(index, differing)
-            ]
-            if covered and batch.size + sum(map(len, parts)) > m.CHUNK_TARGET_BYTES:
-                break  # the requester asks again for the buckets not covered
-            covered.append(index)
-            subs.extend(index * SUB_BUCKETS + sub for sub in sorted(differing))
-            for part in parts:
-                if batch.size + len(part) <= m.MAX_MESSAGE_BYTES - 4096:
-                    batch.add(part)
-        self.counters["repair_changes_out"] += batch.count
-        reply = m.Message("rp", self.node, buckets=covered, subs=subs)
-        return m.encode(reply, batch.take())
+        """Send our entries of the sub-buckets the peer named (no reply expected)."""
+        for body, count in exchange.repair_pushes(self.store, self.node, subs):
+            self.counters["repair_changes_out"] += count
+            self.counters["repair_bytes"] += len(body)
+            with contextlib.suppress(Exception):
+                await self._nc.publish(subject, body)
 
     async def _on_direct(self, msg: Msg) -> None:
         """Messages addressed to this node: repair exchanges and snapshot pulls."""
@@ -359,10 +318,13 @@ class NatsReplicator:
         if not msg.reply:
             return
         if message.type == "rr":
-            body = self._answer_repair(message)
+            body, count = exchange.repair_reply(self.store, self.node, message)
+            self.counters["repair_changes_out"] += count
             self.counters["repair_bytes"] += len(body) + len(msg.data)
         elif message.type == "sp":
-            body = self._snapshot_chunk(message.buckets[0], message.offset)
+            body = exchange.snapshot_chunk(
+                self.store, self.node, message.buckets[0], message.offset
+            )
         else:
             return
         with contextlib.suppress(Exception):
@@ -381,27 +343,6 @@ class NatsReplicator:
         offer = m.Message("so", self.node, keys=len(self.store))
         with contextlib.suppress(Exception):
             await self._nc.publish(msg.reply, m.encode(offer))
-
-    def _snapshot_chunk(self, bucket: int, offset: int) -> bytes:
-        batch = m.Batch()
-        while bucket < BUCKETS:
-            items = self.store.bucket_items(bucket)
-            while offset < len(items):
-                key, entry = items[offset]
-                packed = m.pack_change(Change(key, entry))
-                if not batch.fits(packed):
-                    if batch.count:
-                        return self._chunk_body(batch, bucket, offset, end=False)
-                    offset += 1  # a single entry over the limit cannot travel; skip it
-                    continue
-                batch.add(packed)
-                offset += 1
-            bucket, offset = bucket + 1, 0
-        return self._chunk_body(batch, BUCKETS, 0, end=True)
-
-    def _chunk_body(self, batch: m.Batch, bucket: int, offset: int, *, end: bool) -> bytes:
-        message = m.Message("sc", self.node, buckets=[bucket], offset=offset, end=end)
-        return m.encode(message, batch.take())
 
     async def _replay(self) -> None:
         """Pull a snapshot from one peer; with nobody answering, start from what we have."""
