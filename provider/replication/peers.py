@@ -33,14 +33,19 @@ class PeerTracker:
         return peer, new
 
     def saw_batch(self, node: str, seq: int, now: float) -> bool:
-        """Record batch ``seq`` from ``node``; True when batches before it were missed."""
+        """Record batch ``seq`` from ``node``; True when an anti-entropy round should run now.
+
+        That is when batches before it were missed (a jump, counted in ``gaps``), and also
+        when a peer we never heard from starts above 1: its earlier batches may have been lost
+        on the way to us, and one early round costs a single digest message to find out.
+        """
         peer, new = self._peer(node, now)
         gap = not new and seq > peer.last_seq + 1
         if seq > peer.last_seq:
             peer.last_seq = seq
         if gap:
             peer.gaps += 1
-        return gap
+        return gap or (new and seq > 1)
 
     def saw_digest(self, node: str, seq: int, now: float) -> bool:
         """Record a digest reporting ``seq`` batches sent; True when we missed some."""

@@ -12,11 +12,13 @@ def peer(tracker: PeerTracker, node: str, now: float = 0.0) -> Peer:
     return found
 
 
-def test_first_batch_from_a_new_peer_is_no_gap() -> None:
+def test_first_batch_from_a_new_peer_asks_for_a_round_but_is_no_counted_gap() -> None:
     tracker = PeerTracker(expiry_secs=10)
-    assert tracker.saw_batch("a", 57, now=0) is False  # joined mid-stream: nothing to repair
-    assert peer(tracker, "a").last_seq == 57
-    assert peer(tracker, "a").gaps == 0
+    assert tracker.saw_batch("a", 1, now=0) is False  # its history starts here: nothing missed
+    # Starting above 1, its earlier batches may have been lost on the way: check once.
+    assert tracker.saw_batch("b", 57, now=0) is True
+    assert peer(tracker, "b").last_seq == 57
+    assert peer(tracker, "b").gaps == 0
 
 
 def test_consecutive_batches_are_no_gap() -> None:
@@ -49,7 +51,7 @@ def test_duplicates_and_older_batches_are_no_gap() -> None:
 def test_peers_are_tracked_separately() -> None:
     tracker = PeerTracker(expiry_secs=10)
     tracker.saw_batch("a", 1, now=0)
-    assert tracker.saw_batch("b", 9, now=0) is False  # new peer
+    assert tracker.saw_batch("b", 9, now=0) is True  # new peer, history unknown: one round
     assert tracker.saw_batch("a", 2, now=0) is False
     assert tracker.saw_batch("b", 11, now=0) is True
     assert [(p.node, p.last_seq, p.gaps) for p in tracker.live(0)] == [("a", 2, 0), ("b", 11, 1)]
@@ -104,7 +106,7 @@ def test_an_expired_peer_returns_as_new() -> None:
     tracker = PeerTracker(expiry_secs=10)
     tracker.saw_batch("a", 1, now=0)
     assert tracker.live(now=20) == []
-    assert tracker.saw_batch("a", 50, now=21) is False  # a new peer: no gap
+    assert tracker.saw_batch("a", 50, now=21) is True  # a new peer starting above 1
     assert peer(tracker, "a", 21).gaps == 0
 
 
