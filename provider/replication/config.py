@@ -173,10 +173,11 @@ class ReplicationConfig:
 
 
 def _url(value: str | None) -> str | None:
+    """``NATS_URL``: one server or a comma-separated list; ``host:port`` gets ``nats://``."""
     if value is None or not value.strip():
         return None
-    value = value.strip()
-    return value if "://" in value else f"nats://{value}"
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    return ",".join(part if "://" in part else f"nats://{part}" for part in parts) or None
 
 
 def _number(

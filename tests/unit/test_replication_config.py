@@ -154,10 +154,10 @@ def test_blank_nats_url_disables(raw: str) -> None:
     assert not config.enabled
 
 
-def test_comma_separated_nats_url_is_preserved_and_split() -> None:
+def test_comma_separated_nats_url_is_normalised_and_split() -> None:
     raw = "nats://a:4222, nats://b:4222,nats://c:4222"
     config = make({"NATS_URL": raw})
-    assert config.nats_url == raw
+    assert config.nats_url == "nats://a:4222,nats://b:4222,nats://c:4222"
     expected = ["nats://a:4222", "nats://b:4222", "nats://c:4222"]
     assert connect_options(config.nats_url, "test")["servers"] == expected
     assert config.connect_options("test")["servers"] == expected
@@ -400,3 +400,10 @@ def test_fingerprint_is_hashable() -> None:
     assert hash(make({"NATS_URL": "h"}).fingerprint()) == hash(
         make({"NATS_URL": "h"}).fingerprint()
     )
+
+
+def test_every_server_of_a_list_gets_a_scheme() -> None:
+    config = ReplicationConfig.from_values(
+        {"NATS_URL": "a:4222, nats://b:4222 ,tls://c:4222"}, lattice_prefix="l", link_name="k"
+    )
+    assert config.nats_url == "nats://a:4222,nats://b:4222,tls://c:4222"
