@@ -143,6 +143,21 @@ async def test_message_changed_after_signing_is_rejected(host: FakeHost) -> None
     )
 
 
+async def test_claims_hash_in_lowercase_hex_is_rejected(host: FakeHost) -> None:
+    """The right digest in lowercase hex is still a mismatch: wasmbus-rpc compares the
+    uppercase hex strings exactly, so a case-insensitive compare would accept a token no
+    real host accepts."""
+    inv = set_call(host, "sec:lowerhash")
+    wascap = claims_of(inv)["wascap"]
+    upper = wascap["hash"]
+    assert upper == upper.upper() and upper != upper.lower()
+    wascap["hash"] = upper.lower()
+    resign(inv, host.issuer, wascap=wascap)
+    assert await refused_without_effect(host, "sec:lowerhash", inv) == (
+        f"Invocation hash does not match signed claims hash ({upper.lower()} / {upper})"
+    )
+
+
 async def test_operation_changed_after_signing_is_rejected(host: FakeHost) -> None:
     """Claims for a Get cannot carry a Set with the same argument bytes."""
     await host.kv.set("sec:op", "original")

@@ -397,3 +397,13 @@ def test_provider_check_texts() -> None:
     assert (
         unlinked_actor_error(actor) == V["invocation_response.error.unlinked"]["decoded"]["error"]
     )
+
+
+def test_right_digest_in_lowercase_hex_is_a_mismatch() -> None:
+    """wasmbus-rpc compares the uppercase hex exactly; the same digest in lowercase is refused."""
+    inv = _host_style()
+    upper = V["invocation.host_style.get"]["jwt"]["invocation_hash"]
+    wascap = dict(_claims_of(inv.encoded_claims)["wascap"], hash=upper.lower())
+    assert _error(_resign(inv, wascap=wascap)) == (
+        f"Invocation hash does not match signed claims hash ({upper.lower()} / {upper})"
+    )
