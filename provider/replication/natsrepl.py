@@ -210,8 +210,9 @@ class NatsReplicator:
         message = self._decode(msg, "ch")
         if message is None or message.node == self.node:
             return
-        if self.peers.saw_batch(message.node, message.seq, self._clock()):
-            self.counters["gaps"] += 1
+        early = self.peers.saw_batch(message.node, message.seq, self._clock())
+        self.counters["gaps"] = self.peers.total_gaps
+        if early:
             self._early_round()
         for change in message.changes:
             self.store.apply(change)
@@ -256,8 +257,8 @@ class NatsReplicator:
         if message is None or message.node == self.node or self._replaying:
             return
         peer = message.node
-        if self.peers.saw_digest(peer, message.seq, self._clock()):
-            self.counters["gaps"] += 1
+        self.peers.saw_digest(peer, message.seq, self._clock())
+        self.counters["gaps"] = self.peers.total_gaps
         differing = differing_buckets(self.store.track_digests(), message.digests)
         if differing and peer < self.node:
             # One side of each pair repairs (the smaller node id), so buckets cross once. We

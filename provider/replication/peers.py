@@ -17,12 +17,16 @@ class Peer:
     last_seq: int = 0
     last_seen: float = 0.0
     gaps: int = 0
+    #: The batch count the previous digest announced; see :meth:`PeerTracker.saw_digest`.
+    announced_seq: int = 0
 
 
 class PeerTracker:
     def __init__(self, expiry_secs: float) -> None:
         self.expiry_secs = expiry_secs
         self._peers: dict[str, Peer] = {}
+        #: Real losses seen, over all peers (forgotten peers included): the ``gaps`` metric.
+        self.total_gaps = 0
 
     def _peer(self, node: str, now: float) -> tuple[Peer, bool]:
         peer = self._peers.get(node)
@@ -45,22 +49,32 @@ class PeerTracker:
             peer.last_seq = seq
         if gap:
             peer.gaps += 1
+            self.total_gaps += 1
         return gap or (new and seq > 1)
 
     def saw_digest(self, node: str, seq: int, now: float) -> bool:
-        """Record a digest reporting ``seq`` batches sent; True when we missed some."""
+        """Record a digest reporting ``seq`` batches sent; True when we missed some.
+
+        Digests and batches travel on different subjects, so a digest may be handled before
+        the batch it counts, which is still on its way. A digest therefore only *announces*
+        batches; they count as missed when the next digest (a heartbeat later) finds them
+        still absent. That way the ``gaps`` counter and early rounds follow real losses only.
+        """
         peer, new = self._peer(node, now)
-        gap = not new and seq > peer.last_seq
-        if seq > peer.last_seq:
+        if new:  # history unknown: this is where numbering starts for us
             peer.last_seq = seq
-        if gap:
+        missed = peer.announced_seq > peer.last_seq
+        if missed:
+            peer.last_seq = peer.announced_seq  # counted once; repair restores the contents
             peer.gaps += 1
-        return gap
+            self.total_gaps += 1
+        peer.announced_seq = max(peer.announced_seq, seq)
+        return missed
 
     def forget_sequences(self) -> None:
         """After our own reconnect, sequence history says nothing about what we missed."""
         for peer in self._peers.values():
-            peer.last_seq = 0
+            peer.last_seq = peer.announced_seq = 0
 
     def live(self, now: float) -> list[Peer]:
         """Peers heard from recently; stale ones are dropped."""

@@ -57,16 +57,38 @@ def test_peers_are_tracked_separately() -> None:
     assert [(p.node, p.last_seq, p.gaps) for p in tracker.live(0)] == [("a", 2, 0), ("b", 11, 1)]
 
 
-def test_digest_reporting_a_later_sequence_is_a_gap() -> None:
+def test_digest_reporting_a_later_sequence_is_a_gap_once_the_next_digest_confirms_it() -> None:
     tracker = PeerTracker(expiry_secs=10)
     tracker.saw_batch("a", 4, now=0)
     assert tracker.saw_digest("a", 4, now=1) is False  # we have everything
     assert tracker.saw_digest("a", 3, now=1) is False  # an older digest
-    assert tracker.saw_digest("a", 6, now=2) is True  # batches 5 and 6 never arrived
-    assert peer(tracker, "a", 2).last_seq == 6
-    assert peer(tracker, "a", 2).gaps == 1
-    assert tracker.saw_digest("a", 6, now=3) is False  # reported once, not again
-    assert tracker.saw_batch("a", 7, now=4) is False  # and the next batch follows on
+    assert tracker.saw_digest("a", 6, now=2) is False  # 5 and 6 may still be on their way
+    assert tracker.saw_digest("a", 6, now=3) is True  # a heartbeat later: they never came
+    assert peer(tracker, "a", 3).last_seq == 6
+    assert peer(tracker, "a", 3).gaps == 1
+    assert tracker.saw_digest("a", 6, now=4) is False  # reported once, not again
+    assert tracker.saw_batch("a", 7, now=5) is False  # and the next batch follows on
+
+
+def test_digest_handled_before_its_batch_is_no_gap() -> None:
+    """Under load the digest announcing batch N is often handled before batch N itself."""
+    tracker = PeerTracker(expiry_secs=10)
+    tracker.saw_batch("a", 1, now=0)
+    for seq in range(2, 50):
+        assert tracker.saw_digest("a", seq, now=seq) is False
+        assert tracker.saw_batch("a", seq, now=seq) is False
+    assert tracker.saw_digest("a", 49, now=60) is False
+    assert peer(tracker, "a", 60).gaps == 0
+
+
+def test_a_batch_lost_after_its_digest_is_counted_once() -> None:
+    tracker = PeerTracker(expiry_secs=10)
+    tracker.saw_batch("a", 1, now=0)
+    assert tracker.saw_digest("a", 2, now=1) is False
+    assert tracker.saw_digest("a", 2, now=2) is True  # batch 2 was lost
+    assert tracker.saw_batch("a", 2, now=3) is False  # a late copy is no second gap
+    assert tracker.saw_batch("a", 3, now=3) is False
+    assert peer(tracker, "a", 3).gaps == 1
 
 
 def test_first_digest_from_a_new_peer_is_no_gap() -> None:
@@ -138,3 +160,14 @@ def test_differing_buckets() -> None:
 def test_differing_buckets_needs_equal_lengths() -> None:
     with pytest.raises(ValueError):
         differing_buckets([1, 2], [1])
+
+
+def test_total_gaps_counts_real_losses_only() -> None:
+    """A new peer first heard above batch 1 earns an early round, not a gap in the metric."""
+    tracker = PeerTracker(expiry_secs=10)
+    assert tracker.saw_batch("a", 57, now=0) is True
+    assert tracker.total_gaps == 0
+    tracker.saw_batch("a", 59, now=1)
+    tracker.saw_digest("a", 61, now=2)
+    tracker.saw_digest("a", 61, now=3)
+    assert tracker.total_gaps == 2
