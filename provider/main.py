@@ -22,11 +22,28 @@ def _install_fast_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def _check_names(host_data: HostData) -> None:
+    """Refuse a lattice prefix or link name that would make wildcard or empty subject tokens:
+    ``wasmbus.rpc.*.…`` would subscribe to every lattice's calls."""
+    from provider.replication.config import unusable_name
+
+    for field, value in (
+        ("lattice_rpc_prefix", host_data.lattice_rpc_prefix),
+        ("link_name", host_data.link_name),
+    ):
+        if unusable_name(value):
+            raise HostDataError(
+                f"{field} {value!r} cannot name NATS subjects: it must be non-empty and "
+                "contain no empty or wildcard ('*', '>') token"
+            )
+
+
 def main() -> None:
     line = sys.stdin.buffer.readline()
     try:
         host_data = HostData.from_stdin_line(line)
         host_data.credentials()  # exactly one of JWT/seed set is a configuration error
+        _check_names(host_data)
     except HostDataError as error:
         print(f"nats-kvcache-provider: {error}", file=sys.stderr)
         sys.exit(1)

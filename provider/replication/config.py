@@ -40,12 +40,36 @@ REPLICATION_KEYS = (
 #: Values never to be logged.
 SECRET_KEYS = frozenset({"CLIENT_JWT", "CLIENT_SEED"})
 
-_TOKEN_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+_TOKEN_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-")
+_STREAM_NAME_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+#: Joins the escaped lattice prefix and link name into one token. ``_`` always starts an
+#: escape (``_`` + two hex digits), and ``_`` is no hex digit, so ``__`` can only be this.
+NAME_SEPARATOR = "__"
 
 
 def subject_token(text: str) -> str:
-    """Make ``text`` one safe NATS subject token (lattice prefixes and link names are free text)."""
-    return _TOKEN_UNSAFE.sub("_", text) or "_"
+    """``text`` as one safe NATS subject token, injectively.
+
+    Lattice prefixes and link names are free text. Letters, digits and ``-`` stay as they are;
+    every other UTF-8 byte becomes ``_`` and two upper-case hex digits (``.`` → ``_2E``,
+    ``_`` → ``_5F``). Distinct inputs therefore give distinct tokens: ``cache.v1`` and
+    ``cache_v1`` name two caches, not one. The empty text becomes ``_``, which no other text
+    produces.
+    """
+    if not text:
+        return "_"
+    if all(c in _TOKEN_PLAIN for c in text):
+        return text
+    return "".join(
+        c if c in _TOKEN_PLAIN else "".join(f"_{b:02X}" for b in c.encode("utf-8", "replace"))
+        for c in text
+    )
+
+
+def unusable_name(text: str) -> bool:
+    """True for a lattice prefix or link name that cannot name subjects: empty, or with an
+    empty or wildcard (``*``, ``>``) subject token in it."""
+    return not text or any(part in ("", "*", ">") for part in text.split("."))
 
 
 def normalize(values: dict[str, str] | None) -> dict[str, str]:
@@ -116,7 +140,7 @@ class ReplicationConfig:
             tls_ca_file=v.get("TLS_CA_FILE") or None,
             tls_cert_file=v.get("TLS_CERT_FILE") or None,
             tls_key_file=v.get("TLS_KEY_FILE") or None,
-            cache_prefix=v.get("CACHE_PREFIX") or f"{lattice}_{link}",
+            cache_prefix=v.get("CACHE_PREFIX") or f"{lattice}{NAME_SEPARATOR}{link}",
             js_domain=v.get("JS_DOMAIN") or None,
             problems=problems,
         )
@@ -131,6 +155,13 @@ class ReplicationConfig:
             problems.append(f"REPLICATION={mode!r} is not 'nats' or 'jetstream'; using 'nats'")
             mode = "nats"
         config.mode = mode
+        if not _STREAM_NAME_TOKEN.fullmatch(config.cache_prefix):
+            safe = subject_token(config.cache_prefix)
+            problems.append(
+                f"CACHE_PREFIX={config.cache_prefix!r} may hold only letters, digits, '_' and "
+                f"'-'; using {safe!r}"
+            )
+            config.cache_prefix = safe
         storage = (v.get("JS_STORAGE") or "memory").strip().lower()
         if storage not in ("memory", "file"):
             problems.append(f"JS_STORAGE={storage!r} is not 'memory' or 'file'; using 'memory'")

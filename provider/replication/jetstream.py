@@ -42,7 +42,7 @@ from provider.store import Change, KeyValueStore
 from provider.store.codec import ChangeDecodeError, decode_change, encode_change
 
 from .base import ReplicationError, ReplicationHealth
-from .config import ReplicationConfig, subject_token
+from .config import ReplicationConfig
 
 log = structlog.get_logger("provider.replication.jetstream")
 
@@ -96,7 +96,7 @@ def decode_record(data: bytes) -> Change:
 
 def stream_settings(config: ReplicationConfig) -> api.StreamConfig:
     """The stream we create when none exists (issue-specified defaults, operator overrides)."""
-    prefix = subject_token(config.cache_prefix)
+    prefix = config.cache_prefix  # already a valid stream-name token (ReplicationConfig)
     return api.StreamConfig(
         name=f"LATTICECACHE_{prefix}",
         subjects=[f"lc.{prefix}.>"],

@@ -275,6 +275,23 @@ async def test_unusable_host_data_exits_nonzero(
     assert stderr.strip()
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("lattice_rpc_prefix", ""), ("lattice_rpc_prefix", "*"), ("link_name", ">"),
+     ("link_name", ""), ("lattice_rpc_prefix", "a.*")],
+)  # fmt: skip
+async def test_wildcard_or_empty_names_are_refused_at_start(
+    provider_factory: Callable[..., ProviderProcess], field: str, value: str
+) -> None:
+    """A wildcard lattice prefix would subscribe to every lattice's calls: refused, clearly."""
+    names = {"lattice_rpc_prefix": "default", "link_name": "default", field: value}
+    document = HostData(host_id="N", lattice_rpc_url="127.0.0.1:1", **names).to_dict()
+    line = base64.b64encode(json.dumps(document).encode()) + b"\n"
+    code, stderr = await _exit_of(provider_factory, line)
+    assert code == 1
+    assert f"{field} {value!r} cannot name NATS subjects" in stderr
+
+
 # -- logging ---------------------------------------------------------------------------------
 
 

@@ -198,8 +198,8 @@ def config(values: dict[str, str] | None = None) -> ReplicationConfig:
 
 def test_stream_settings_defaults() -> None:
     settings_ = stream_settings(config())
-    assert settings_.name == "LATTICECACHE_default_cache"
-    assert settings_.subjects == ["lc.default_cache.>"]
+    assert settings_.name == "LATTICECACHE_default__cache"
+    assert settings_.subjects == ["lc.default__cache.>"]
     assert settings_.max_msgs_per_subject == 1
     assert settings_.storage == api.StorageType.MEMORY
     assert settings_.num_replicas == 1
@@ -229,8 +229,8 @@ def test_stream_settings_from_config() -> None:
 
 def test_stream_settings_sanitize_the_prefix() -> None:
     settings_ = stream_settings(config({"CACHE_PREFIX": "a.b >*c"}))
-    assert settings_.name == "LATTICECACHE_a_b___c"
-    assert settings_.subjects == ["lc.a_b___c.>"]
+    assert settings_.name == "LATTICECACHE_a_2Eb_20_3E_2Ac"
+    assert settings_.subjects == ["lc.a_2Eb_20_3E_2Ac.>"]
 
 
 def test_stream_settings_serialize() -> None:

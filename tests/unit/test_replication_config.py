@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from provider.natsconn import connect_options
 from provider.replication.config import (
@@ -18,6 +20,7 @@ from provider.replication.config import (
     normalize,
     parse_config_json,
     subject_token,
+    unusable_name,
 )
 
 LATTICE = "default"
@@ -50,7 +53,7 @@ def test_defaults() -> None:
     assert config.creds_file is None
     assert config.tls_ca_file is None
     assert config.tls_cert_file is None and config.tls_key_file is None
-    assert config.cache_prefix == "default_default"
+    assert config.cache_prefix == "default__default"
     assert config.js_storage == "memory"
     assert config.js_replicas == 1
     assert config.js_max_bytes == -1
@@ -62,7 +65,7 @@ def test_subjects_include_lattice_and_link() -> None:
     config = make(lattice_prefix="prod", link_name="cache1")
     assert config.events_subject == "kvcache.prod.cache1.events"
     assert config.replay_subject == "kvcache.prod.cache1.replay"
-    assert config.cache_prefix == "prod_cache1"
+    assert config.cache_prefix == "prod__cache1"
 
 
 def test_different_lattices_and_links_get_different_subjects() -> None:
@@ -95,8 +98,60 @@ def test_hostile_lattice_and_link_become_single_safe_tokens(text: str) -> None:
 
 
 def test_subject_token_keeps_safe_text() -> None:
-    assert subject_token("Lattice-1_a") == "Lattice-1_a"
-    assert subject_token("a.b") == "a_b"
+    assert subject_token("Lattice-1a") == "Lattice-1a"
+    assert subject_token("a.b") == "a_2Eb"
+    assert subject_token("a_b") == "a_5Fb"
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        (("cache.v1", "default"), ("cache_v1", "default")),
+        (("team.a", "default"), ("team_a", "default")),
+        (("default", "backup_cache"), ("default_backup", "cache")),
+        (("a", "_"), ("a_", "")),
+    ],
+)
+def test_names_never_mix(one: tuple[str, str], other: tuple[str, str]) -> None:
+    first = make(lattice_prefix=one[0], link_name=one[1])
+    second = make(lattice_prefix=other[0], link_name=other[1])
+    for attribute in ("events_subject", "replay_subject", "cache_prefix"):
+        assert getattr(first, attribute) != getattr(second, attribute), attribute
+
+
+@given(
+    st.tuples(st.text(max_size=8), st.text(max_size=8)),
+    st.tuples(st.text(max_size=8), st.text(max_size=8)),
+)
+def test_subjects_and_stream_names_are_injective(a: tuple[str, str], b: tuple[str, str]) -> None:
+    if a == b:
+        return
+    first = make(lattice_prefix=a[0], link_name=a[1])
+    second = make(lattice_prefix=b[0], link_name=b[1])
+    assert first.events_subject != second.events_subject
+    assert first.cache_prefix != second.cache_prefix
+
+
+def test_explicit_cache_prefix_is_used_exactly() -> None:
+    config = make({"CACHE_PREFIX": "default"})
+    assert config.cache_prefix == "default"
+    assert config.problems == []
+
+
+def test_unusable_cache_prefix_is_reported_and_escaped() -> None:
+    config = make({"CACHE_PREFIX": "a.b"})
+    assert config.cache_prefix == "a_2Eb"
+    assert "CACHE_PREFIX='a.b'" in config.problems[0]
+
+
+@pytest.mark.parametrize("name", ["", "*", ">", "a.*", "a.>", "a..b", ".a"])
+def test_wildcard_and_empty_names_are_unusable(name: str) -> None:
+    assert unusable_name(name)
+
+
+@pytest.mark.parametrize("name", ["default", "cache.v1", "team_a", "ünï"])
+def test_ordinary_names_are_usable(name: str) -> None:
+    assert not unusable_name(name)
 
 
 def test_explicit_subjects_override_defaults() -> None:
