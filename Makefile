@@ -54,5 +54,5 @@ par: $(VENV)/.installed-par
 	$(BIN)/nats-kvcache par --output dist/nats-kvcache.par.gz --build-dir build/par
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .ruff_cache .hypothesis .dev-lattice
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

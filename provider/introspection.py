@@ -18,10 +18,11 @@ from nats.aio.client import Client as NATS
 from nats.micro import add_service
 from nats.micro.request import Request
 
+from provider import __version__
 from provider.replication.config import subject_token
 
 SERVICE_NAME = "nats-kvcache"
-VERSION = "0.1.0"
+VERSION = __version__
 STATS_SUBJECT = f"$SRV.STATS.{SERVICE_NAME}"
 
 

@@ -122,12 +122,9 @@ def default_revision(version: str) -> int:
 
 
 def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+    from provider import __version__
 
-    try:
-        return version(NAME)
-    except PackageNotFoundError:  # running from a source tree that is not installed
-        return "0.0.0"
+    return __version__
 
 
 # ------------------------------------------------------------------------------ keys

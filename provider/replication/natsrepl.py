@@ -84,6 +84,7 @@ class NatsReplicator:
         self.node = store.node_id
         self._clock = clock
         self._nc: NATS | None = None
+        self._stopping = False
         self._pending: list[Change] = []
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -122,6 +123,7 @@ class NatsReplicator:
         self._tasks.append(asyncio.create_task(self._run(), name="replication"))
 
     async def stop(self) -> None:
+        self._stopping = True  # the disconnect that follows is ours: not worth a warning
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -448,7 +450,7 @@ class NatsReplicator:
             return None
 
     async def _on_disconnected(self) -> None:
-        if self._down_since is None:
+        if self._down_since is None and not self._stopping:
             self._down_since = self._clock()
             log.warning("replication connection lost; serving local state")
 
