@@ -41,12 +41,22 @@ import msgpack
 
 from .causal import CausalContext, Dot
 
-_INTEGER = re.compile(r"[+-]?[0-9]{1,20}")
+#: Redis' ``string2ll`` grammar: ``0``, or an optional ``-`` and a non-zero leading digit. No
+#: ``+``, no leading zeros, no ``-0``, no spaces, ASCII digits only (``[0-9]``, not ``\d``).
+_INTEGER = re.compile(r"0|-?[1-9][0-9]{0,18}")
+I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 
 
 def parse_integer(text: str) -> int | None:
-    """Redis' notion of an integer string: optional sign and ASCII digits, nothing else."""
-    return int(text) if _INTEGER.fullmatch(text) else None
+    """Redis' notion of an integer string, exactly: the canonical form within 64 bits.
+
+    Anything else (``+1``, ``007``, ``-0``, 20 digits) is "not an integer" in Redis, so it is
+    here too, and a value is never rewritten into another spelling by an ``Increment``.
+    """
+    if not _INTEGER.fullmatch(text):
+        return None
+    number = int(text)
+    return number if I64_MIN <= number <= I64_MAX else None
 
 
 class Kind(IntEnum):

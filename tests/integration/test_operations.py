@@ -217,6 +217,15 @@ async def test_increment_missing_key_counts_as_zero(kv: Any) -> None:
     assert await kv.get("incr:fresh") == GetResponse("-3", True)
 
 
+@pytest.mark.parametrize("stored", ["+1", "00", "-0", "007", "12345678901234567890"])
+async def test_increment_parses_integers_as_redis_does(kv: Any, stored: str) -> None:
+    """Redis' INCRBY refuses every non-canonical spelling; the value is never rewritten."""
+    key = f"incr:redis:{stored}"
+    await kv.set(key, stored)
+    assert await refused(kv.increment(key, 1)) == NOT_INTEGER
+    assert await kv.get(key) == GetResponse(stored, True)
+
+
 async def test_increment_on_non_integer_is_refused_and_changes_nothing(kv: Any) -> None:
     """A non-integer string gives Redis' error text; the value stays as it was."""
     await kv.set("incr:text", "abc")
