@@ -33,6 +33,7 @@ from provider.chunking import ChunkStore
 from provider.introspection import instance_status, start_service
 from provider.invocations import InvocationHandler
 from provider.links import LinkRegistry
+from provider.logs import redact_url
 from provider.metrics import Metrics
 from provider.natsconn import connect_options
 from provider.prometheus import start_from_environment as start_metrics_endpoint
@@ -86,7 +87,7 @@ class ProviderDaemon:
         self._loop = asyncio.get_running_loop()
         log.info(
             f"Starting capability provider {hd.provider_key} instance {self.instance} "
-            f"with nats url {hd.nats_url}"
+            f"with nats url {redact_url(hd.nats_url)}"
         )
         self._nc = nc = await nats.connect(
             **connect_options(
@@ -245,7 +246,7 @@ class ProviderDaemon:
             "replication configured",
             source=source,
             mode=config.mode,
-            url=config.nats_url,
+            url=redact_url(config.nats_url),
             events=config.events_subject,
             replay=config.replay_subject,
             heartbeat_secs=config.heartbeat_secs,

@@ -3,7 +3,7 @@
 The host captures a provider's stdout and re-logs it line by line, so everything we log goes to
 stderr (protocol spec §13). ``structured_logging`` in HostData selects one JSON object per line;
 otherwise logs are human-readable. Secrets are never passed to a logger: callers log key
-*names*, never seeds or JWTs, and :func:`redact` is there for values of unknown provenance.
+*names*, never seeds or JWTs, and :func:`redact_url` masks credentials in any URL we show.
 """
 
 from __future__ import annotations
@@ -27,8 +27,6 @@ _LEVELS = {
     "debug": logging.DEBUG,
     "trace": logging.DEBUG,
 }
-
-_SECRET_MARKERS = ("SEED", "JWT", "PASSWORD", "TOKEN", "SECRET", "CREDS")
 
 
 def resolve_level(log_level: str | None) -> int:
@@ -60,9 +58,25 @@ def configure(*, structured: bool, log_level: str | None) -> None:
     )
 
 
-def redact(values: dict[str, str]) -> dict[str, str]:
-    """A copy of link values safe to log: anything that looks like a secret is masked."""
-    return {
-        key: ("<redacted>" if any(m in key.upper() for m in _SECRET_MARKERS) else value)
-        for key, value in values.items()
-    }
+def redact_url(url: str | None) -> str:
+    """``url`` (one server or a comma-separated list) with any password or token masked.
+
+    Health answers, ``$SRV.STATS`` and logs can be read by others: ``nats://alice:s3cret@h``
+    becomes ``nats://alice:***@h``, and a token-only ``nats://t0ken@h`` becomes ``nats://***@h``.
+    Pure string work that never raises, whatever the input.
+    """
+    if not url:
+        return ""
+    return ",".join(_redact_one(part) for part in str(url).split(","))
+
+
+def _redact_one(part: str) -> str:
+    scheme, sep, rest = part.partition("://")
+    if not sep:
+        scheme, rest = "", part
+    userinfo, at, host = rest.rpartition("@")
+    if not at:
+        return part
+    user, colon, _secret = userinfo.partition(":")
+    masked = f"{user}:***" if colon else "***"
+    return f"{scheme}{sep}{masked}@{host}"

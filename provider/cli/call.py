@@ -36,6 +36,7 @@ from contract.keyvalue import (
 )
 from contract.nkeys import KeyPair, NKeyError
 from provider.cli import state as statefile
+from provider.logs import redact_url
 
 SEED_ENV = "NATS_KVCACHE_SEED"
 DEFAULT_TIMEOUT = 2.0
@@ -221,7 +222,9 @@ async def invoke(conn: Connection, method: str, argument: Any) -> Any:
         )
     except Exception as error:
         reason = str(error) or type(error).__name__
-        raise Unreachable(f"cannot connect to NATS at {conn.nats_url}: {reason}") from None
+        raise Unreachable(
+            f"cannot connect to NATS at {redact_url(conn.nats_url)}: {reason}"
+        ) from None
     client = KeyValueClient(
         nc,
         lattice_prefix=conn.lattice,

@@ -35,6 +35,7 @@ import nats.errors
 from contract.codec import pack
 from contract.wire import HealthCheckResponse, Subjects
 from provider.cli import state as statefile
+from provider.logs import redact_url
 from provider.natsconn import connect_options
 
 EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -148,7 +149,9 @@ async def probe(target: Target) -> Outcome:
     try:
         nc = await nats.connect(**options)
     except Exception as error:
-        raise ConnectionError(f"cannot connect to NATS at {target.nats_url}: {error}") from None
+        raise ConnectionError(
+            f"cannot connect to NATS at {redact_url(target.nats_url)}: {error}"
+        ) from None
     try:
         answers = await collect_health(
             nc, target.subjects.health, window=target.timeout, enough=target.min_healthy

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 import time
 from typing import Any
 
@@ -18,6 +19,7 @@ import nats
 
 from provider.cli import state as statefile
 from provider.introspection import STATS_SUBJECT
+from provider.logs import redact_url
 
 EXIT_OK, EXIT_NONE, EXIT_UNREACHABLE = 0, 1, 3
 
@@ -104,7 +106,11 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1)
     except Exception as error:
-        print(f"nats-kvcache status: cannot connect to NATS at {url}: {error or 'refused'}")
+        reason = error or "refused"
+        print(
+            f"nats-kvcache status: cannot connect to NATS at {redact_url(url)}: {reason}",
+            file=sys.stderr,
+        )
         return EXIT_UNREACHABLE
     try:
         statuses = await collect_statuses(nc, window=args.window)

@@ -37,6 +37,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.errors import APIError, NotFoundError
 
+from provider.logs import redact_url
 from provider.natsconn import connect_forever
 from provider.store import Change, KeyValueStore
 from provider.store.codec import ChangeDecodeError, decode_change, encode_change
@@ -160,8 +161,10 @@ class JetStreamReplicator:
         cfg = self.config
 
         def report(error: Exception) -> None:
-            self._problem = f"JetStream server {cfg.nats_url} unreachable: {error}"
-            log.warning("jetstream server unreachable", url=cfg.nats_url, error=str(error))
+            self._problem = f"JetStream server {redact_url(cfg.nats_url)} unreachable: {error}"
+            log.warning(
+                "jetstream server unreachable", url=redact_url(cfg.nats_url), error=str(error)
+            )
 
         self._nc = await connect_forever(
             cfg.connect_options(CONNECTION_NAME, ping_interval=2.0),
@@ -394,7 +397,9 @@ class JetStreamReplicator:
             return ReplicationHealth(False, self._problem)
         if self._down_since is not None and self._clock() - self._down_since > 5.0:
             return ReplicationHealth(
-                False, f"JetStream connection to {self.config.nats_url} down; serving local state"
+                False,
+                f"JetStream connection to {redact_url(self.config.nats_url)} down; "
+                "serving local state",
             )
         if self._replaying:
             return ReplicationHealth(True, "replaying")

@@ -35,6 +35,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
+from provider.logs import redact_url
 from provider.natsconn import connect_forever
 from provider.store import Change, KeyValueStore
 from provider.store.hlc import wall_ms
@@ -151,7 +152,9 @@ class NatsReplicator:
         cfg = self.config
 
         def report(error: Exception) -> None:
-            log.warning("replication server unreachable", url=cfg.nats_url, error=str(error))
+            log.warning(
+                "replication server unreachable", url=redact_url(cfg.nats_url), error=str(error)
+            )
 
         nc = await connect_forever(
             cfg.connect_options(CONNECTION_NAME, no_echo=True, ping_interval=PING_INTERVAL_SECS),
@@ -161,7 +164,7 @@ class NatsReplicator:
             error_cb=self._on_error,
         )
         self._down_since = None
-        log.info("replication connected", url=cfg.nats_url, node=self.node)
+        log.info("replication connected", url=redact_url(cfg.nats_url), node=self.node)
         return nc
 
     # ------------------------------------------------------------------ live deltas
@@ -414,7 +417,7 @@ class NatsReplicator:
             if down_for > grace:
                 return ReplicationHealth(
                     False,
-                    f"replication to {self.config.nats_url} down for {down_for:.0f}s; "
+                    f"replication to {redact_url(self.config.nats_url)} down for {down_for:.0f}s; "
                     "serving local state",
                 )
         if self._replaying:

@@ -267,10 +267,11 @@ async def test_status_cli_json_table_and_exit_codes(
     assert result.returncode == 1, result.stdout + result.stderr
     assert "no nats-kvcache instance answered" in result.stdout
 
-    nowhere = f"nats://127.0.0.1:{free_port()}"
+    nowhere = f"nats://alice:s3cret@127.0.0.1:{free_port()}"
     result = await run_cli(tmp_path, "status", "--nats-url", nowhere)
     assert result.returncode == 3, result.stdout + result.stderr
-    assert "cannot connect to NATS" in result.stdout
+    assert "cannot connect to NATS at nats://alice:***@127.0.0.1:" in result.stderr
+    assert "s3cret" not in result.stdout + result.stderr
 
 
 # ----------------------------------------------------------------------------- Prometheus
