@@ -21,9 +21,15 @@ class Peer:
     announced_seq: int = 0
 
 
+#: Hard cap on remembered peers. A lattice has a few instances per provider; a flood of fresh
+#: node ids (forged or from restart loops) must not grow memory without bound.
+MAX_PEERS = 256
+
+
 class PeerTracker:
-    def __init__(self, expiry_secs: float) -> None:
+    def __init__(self, expiry_secs: float, max_peers: int = MAX_PEERS) -> None:
         self.expiry_secs = expiry_secs
+        self.max_peers = max_peers
         self._peers: dict[str, Peer] = {}
         #: Real losses seen, over all peers (forgotten peers included): the ``gaps`` metric.
         self.total_gaps = 0
@@ -32,6 +38,8 @@ class PeerTracker:
         peer = self._peers.get(node)
         new = peer is None
         if new:
+            if len(self._peers) >= self.max_peers:
+                self._evict(now)
             peer = self._peers[node] = Peer(node)
         peer.last_seen = now
         return peer, new
@@ -70,6 +78,12 @@ class PeerTracker:
             self.total_gaps += 1
         peer.announced_seq = max(peer.announced_seq, seq)
         return missed
+
+    def _evict(self, now: float) -> None:
+        """Make room: drop the silent peers, else the one heard from longest ago."""
+        self.live(now)
+        if len(self._peers) >= self.max_peers:
+            del self._peers[min(self._peers.values(), key=lambda p: p.last_seen).node]
 
     def forget_sequences(self) -> None:
         """After our own reconnect, sequence history says nothing about what we missed."""

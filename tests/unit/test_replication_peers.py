@@ -171,3 +171,16 @@ def test_total_gaps_counts_real_losses_only() -> None:
     tracker.saw_digest("a", 61, now=2)
     tracker.saw_digest("a", 61, now=3)
     assert tracker.total_gaps == 2
+
+
+def test_the_peer_table_is_capped() -> None:
+    """A flood of fresh node ids evicts the longest-silent peers instead of growing memory."""
+    tracker = PeerTracker(expiry_secs=1000, max_peers=8)
+    tracker.saw_batch("real", 1, now=0)
+    for index in range(1, 5000):
+        tracker.saw_batch(f"forged-{index}", 1, now=index / 1000)
+        tracker.saw_batch("real", index + 1, now=index / 1000)  # the real peer keeps talking
+    live = tracker.live(now=5)
+    assert len(live) == 8
+    assert "real" in [p.node for p in live]
+    assert peer(tracker, "real", 5).last_seq == 5000
