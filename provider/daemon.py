@@ -140,9 +140,14 @@ class ProviderDaemon:
         return 0
 
     def _on_signal(self, signum: int) -> None:
+        # The provider archive's bootloader forwards the signal that the process group also
+        # got, so the same stop can arrive twice: log (and act on) the first one only.
+        if self._signal_task is not None:
+            log.debug("signal received again", signal=signal.Signals(signum).name)
+            return
         log.info("signal received; shutting down", signal=signal.Signals(signum).name)
-        if self._signal_task is None:  # kept apart from _tasks, which _shutdown cancels
-            self._signal_task = asyncio.create_task(self._stop_after_cleanup())
+        # Kept apart from _tasks, which _shutdown cancels.
+        self._signal_task = asyncio.create_task(self._stop_after_cleanup())
 
     async def _stop_after_cleanup(self) -> None:
         await self._shutdown()
