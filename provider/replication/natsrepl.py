@@ -106,7 +106,6 @@ class NatsReplicator:
             "changes_sent": 0,
             "changes_received": 0,
             "dropped_messages": 0,
-            "gaps": 0,
             "repairs": 0,
             "repair_changes_in": 0,
             "repair_changes_out": 0,
@@ -215,9 +214,7 @@ class NatsReplicator:
         message = self._decode(msg, "ch")
         if message is None or message.node == self.node:
             return
-        early = self.peers.saw_batch(message.node, message.seq, self._clock())
-        self.counters["gaps"] = self.peers.total_gaps
-        if early:
+        if self.peers.saw_batch(message.node, message.seq, self._clock()):
             self._early_round()
         for change in message.changes:
             self.store.apply(change)
@@ -263,7 +260,6 @@ class NatsReplicator:
             return
         peer = message.node
         self.peers.saw_digest(peer, message.seq, self._clock())
-        self.counters["gaps"] = self.peers.total_gaps
         differing = differing_buckets(self.store.track_digests(), message.digests)
         if differing and peer < self.node:
             # One side of each pair repairs (the smaller node id), so buckets cross once. We
@@ -436,6 +432,7 @@ class NatsReplicator:
             "replay_seconds": self.replay_seconds,
             "lag_ms": None if self.lag_ms is None else round(self.lag_ms, 2),
             **self.counters,
+            "gaps": self.peers.total_gaps,  # kept by the tracker: only it knows a real loss
         }
 
     # ------------------------------------------------------------------ plumbing
