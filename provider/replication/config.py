@@ -61,7 +61,7 @@ def subject_token(text: str) -> str:
     if all(c in _TOKEN_PLAIN for c in text):
         return text
     return "".join(
-        c if c in _TOKEN_PLAIN else "".join(f"_{b:02X}" for b in c.encode("utf-8", "replace"))
+        c if c in _TOKEN_PLAIN else "".join(f"_{b:02X}" for b in c.encode("utf-8", "surrogatepass"))
         for c in text
     )
 

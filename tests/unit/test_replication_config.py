@@ -110,6 +110,7 @@ def test_subject_token_keeps_safe_text() -> None:
         (("team.a", "default"), ("team_a", "default")),
         (("default", "backup_cache"), ("default_backup", "cache")),
         (("a", "_"), ("a_", "")),
+        (("\ud800", "default"), ("?", "default")),  # a lone surrogate (valid in JSON)
     ],
 )
 def test_names_never_mix(one: tuple[str, str], other: tuple[str, str]) -> None:
