@@ -1,8 +1,18 @@
+# syntax=docker/dockerfile:1
 # The wasmcloud:keyvalue provider as a container image. A wasmCloud host launches providers as
 # child processes and writes the HostData line to their stdin, so run it with stdin attached
 # (`docker run -i ...`) and pipe that line in. Without a host, use the entrypoint
 # `provider-from-env`, which builds that line from environment variables (docker-compose.yml).
-FROM python:3.12.8-slim-bookworm
+#
+# The provider handles SIGTERM (`docker stop`) and exits 0 once it has shut down. It may still
+# be PID 1 here, so run the container with an init (`docker run --init`, compose `init: true`):
+# PID 1 gets no default signal actions, so a SIGTERM that arrives before the provider has
+# installed its handler (while it is still connecting) would be ignored, and the init reaps the
+# provider's signature-verification worker processes if they outlive it.
+
+# The same minor version as the Python the test suite runs on (CI's python3); the patch is
+# pinned for reproducible builds. tests/unit/test_dockerfile.py keeps the two in step.
+FROM python:3.11.11-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -13,11 +23,22 @@ RUN groupadd --system --gid 10001 provider \
        --home-dir /home/provider --shell /usr/sbin/nologin provider
 
 WORKDIR /tmp/src
-COPY pyproject.toml README.md ./
+# Dependencies first, in their own layer: it depends only on these two files, so editing the
+# source reuses it instead of downloading every dependency again. pyproject.toml names the
+# dependencies (lower bounds only, e.g. nats-py>=2.9); constraints.txt pins each of them, their
+# own dependencies and the build backend to exact versions, so two builds install the same.
+COPY constraints.txt pyproject.toml ./
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); print('\n'.join(p['build-system']['requires'] + p['project']['dependencies']))" > requirements.txt \
+    && pip install --no-cache-dir --requirement requirements.txt --constraint constraints.txt
+
+# The project itself: no dependency resolution (all installed above) and no isolated build
+# environment (the pinned build backend is installed above), so nothing is downloaded here.
+# `pip check` fails the build if the pins no longer cover what pyproject.toml requires.
+COPY README.md ./
 COPY contract/ contract/
 COPY provider/ provider/
-# Dependency versions are bounded in pyproject.toml; "." is the project itself, a local path.
-RUN pip install --no-cache-dir . \
+RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
+    && pip check \
     && rm -rf /tmp/src
 COPY --chmod=0755 docker/provider-from-env.sh /usr/local/bin/provider-from-env
 

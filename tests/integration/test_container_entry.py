@@ -2,7 +2,9 @@
 
 ``docker/provider-from-env.sh`` starts a real provider from environment variables against a
 real nats-server; ``nats-kvcache health`` (the Dockerfile's ``HEALTHCHECK``) then reads the same
-variables, and a signed call from the compose file's actor goes through.
+variables, and a signed call from the compose file's actor goes through. The ``nats-kvcache
+call`` example documented in docker-compose.yml and the README is run as written (only the NATS
+address differs) against a provider started with the compose file's default keys.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from contract.nkeys import KeyPair
 from contract.wire import SHUTDOWN_ACK, HealthCheckResponse, Subjects
 from tests.harness.natsserver import NatsServer
 from tests.harness.processes import REPO_ROOT, wait_for
+from tests.unit.test_compose import PROVIDERS, _comment_block, _provider_env, documented_call
 
 SCRIPT = REPO_ROOT / "docker" / "provider-from-env.sh"
+COMPOSE = REPO_ROOT / "docker-compose.yml"
 CLI = [sys.executable, "-m", "provider.cli.main"]
 
 
@@ -149,3 +153,57 @@ async def test_health_reports_an_unhealthy_answer(
         assert result.returncode == 1 and "replication down for 12 s" in result.stderr
     finally:
         await nc.close()
+
+
+async def test_documented_compose_call_works_with_the_default_keys(
+    nats_server: NatsServer, tmp_path: Path
+) -> None:
+    """A provider started from the compose file's own environment (default keys) serves the
+    call example from the compose file's comments, run with no NATS_KVCACHE_* variables set."""
+    provider_env = {
+        **_provider_env(PROVIDERS[0]),
+        "LATTICE_RPC_URL": nats_server.host_port,
+        "NATS_URL": nats_server.url,
+    }
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NATS_KVCACHE_")}
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    with (tmp_path / "provider.log").open("wb") as log:
+        proc = subprocess.Popen(
+            ["sh", str(SCRIPT)],
+            env={**env, **provider_env},
+            cwd=tmp_path,
+            stdin=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        call_env, argv = documented_call(_comment_block(COMPOSE))
+        assert argv[:2] == ["nats-kvcache", "call"]
+        url = argv.index("--nats-url") + 1
+        assert argv[url] == "nats://127.0.0.1:4222"  # the port compose publishes
+        argv[url] = nats_server.url
+
+        def run(*words: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [*CLI, *words],
+                env={**env, **call_env},
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+
+        async def answered() -> bool:
+            assert proc.poll() is None, (tmp_path / "provider.log").read_text()
+            result = await asyncio.to_thread(run, *argv[1:])
+            return result.returncode == 0
+
+        await wait_for(answered, timeout=20, interval=0.3, message="documented call answered")
+        assert argv[-3:] == ["set", "greeting", "hello"]
+        result = run(*argv[1:-3], "get", "greeting")
+        assert (result.returncode, result.stdout) == (0, "hello\n"), result.stderr
+        assert call_env["NATS_KVCACHE_SEED"] not in result.stdout + result.stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

@@ -6,12 +6,22 @@ catch the mistakes that otherwise only show up when someone deploys it.
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import re
 import subprocess
+import sys
+import tomllib
+
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 from tests.harness.processes import REPO_ROOT, find_venv_tool
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
+CONSTRAINTS = REPO_ROOT / "constraints.txt"
+PYPROJECT = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
 
 
 def _instructions() -> list[tuple[str, str]]:
@@ -52,9 +62,117 @@ def test_entrypoint_starts_the_provider() -> None:
     assert json.loads(entrypoints[-1]) == ["nats-kvcache-provider"]
 
 
-def test_base_image_pinned() -> None:
+def _base_python() -> tuple[int, int, int]:
     base = next(args for keyword, args in _instructions() if keyword == "FROM")
-    assert base.startswith("python:3.12") and base != "python:3.12" and ":latest" not in base
+    match = re.fullmatch(r"python:(\d+)\.(\d+)\.(\d+)-[a-z0-9-]+", base)
+    assert match, f"base image {base!r}: pin python:X.Y.Z-<variant>"
+    major, minor, patch = map(int, match.groups())
+    return major, minor, patch
+
+
+def _pins() -> dict[str, Version]:
+    pins: dict[str, Version] = {}
+    for line in CONSTRAINTS.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line:
+            name, sep, version = line.partition("==")
+            assert sep and version.strip(), f"constraints.txt: {line!r} is not name==version"
+            assert canonicalize_name(name) not in pins, f"constraints.txt: {name} twice"
+            pins[canonicalize_name(name)] = Version(version.strip())
+    return pins
+
+
+def _image_environment() -> dict[str, str]:
+    """Marker values of the image: CPython on Linux, the base image's Python."""
+    major, minor, patch = _base_python()
+    return {
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "os_name": "posix",
+        "platform_python_implementation": "CPython",
+        "implementation_name": "cpython",
+        "python_version": f"{major}.{minor}",
+        "python_full_version": f"{major}.{minor}.{patch}",
+        "extra": "",
+    }
+
+
+def test_base_image_pinned() -> None:
+    _base_python()  # full version and variant, so never python:3.11 or :latest
+
+
+def test_base_image_python_is_the_tested_python() -> None:
+    """The image runs the minor version this suite runs on (CI: the system python3)."""
+    major, minor, patch = _base_python()
+    assert (major, minor) == sys.version_info[:2], (
+        f"Dockerfile FROM python:{major}.{minor}.{patch}, tests on {sys.version.split()[0]}"
+    )
+    requires = PYPROJECT["project"]["requires-python"]
+    assert Requirement(f"python{requires}").specifier.contains(f"{major}.{minor}.{patch}")
+
+
+def test_syntax_directive_comes_first() -> None:
+    """`COPY --chmod` needs BuildKit's Dockerfile frontend, which the directive selects."""
+    first = DOCKERFILE.read_text().splitlines()[0]
+    assert first == "# syntax=docker/dockerfile:1"
+    assert any(k == "COPY" and "--chmod" in a for k, a in _instructions())
+
+
+def test_dependencies_are_installed_before_the_source_is_copied() -> None:
+    """A source edit must reuse the dependency layer: the first pip install sees only
+    constraints.txt and pyproject.toml; the project's own install resolves nothing."""
+    steps = _instructions()
+    runs = [i for i, (k, a) in enumerate(steps) if k == "RUN" and "pip install" in a]
+    assert len(runs) == 2, [steps[i] for i in runs]
+    deps, project = runs
+    copied_before = [a for k, a in steps[:deps] if k == "COPY"]
+    assert copied_before == ["constraints.txt pyproject.toml ./"], copied_before
+    assert "--constraint constraints.txt" in steps[deps][1]
+    sources = [i for i, (k, a) in enumerate(steps) if k == "COPY" and a.startswith("provider/")]
+    assert sources and deps < sources[0] < project
+    install = steps[project][1]
+    assert "--no-deps" in install and "--no-build-isolation" in install and "pip check" in install
+
+
+def test_constraints_pin_every_runtime_dependency_within_pyprojects_bounds() -> None:
+    pins = _pins()
+    environment = _image_environment()
+    declared = PYPROJECT["project"]["dependencies"] + PYPROJECT["build-system"]["requires"]
+    for text in declared:
+        requirement = Requirement(text)
+        if requirement.marker and not requirement.marker.evaluate(environment):
+            continue
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"constraints.txt does not pin {requirement.name}"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (
+            f"{requirement.name}=={pins[name]} is outside pyproject's {requirement.specifier}"
+        )
+
+
+def test_constraints_cover_the_runtime_dependency_closure() -> None:
+    """Every dependency of a pinned package (as installed here) that applies in the image is
+    pinned too, within that package's bounds: the image resolves nothing unpinned."""
+    pins = _pins()
+    environment = _image_environment()
+    for name in pins:
+        try:
+            requires = importlib.metadata.requires(name) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue  # e.g. the build backend: not installed in this venv
+        for text in requires:
+            requirement = Requirement(text)
+            if requirement.marker and not requirement.marker.evaluate(environment):
+                continue
+            dependency = canonicalize_name(requirement.name)
+            assert dependency in pins, f"{name} needs {requirement}: pin it in constraints.txt"
+            assert requirement.specifier.contains(pins[dependency], prereleases=True), (
+                f"{name} needs {requirement}, constraints.txt pins {pins[dependency]}"
+            )
+
+
+def test_constraints_are_in_the_build_context() -> None:
+    allowed = (REPO_ROOT / ".dockerignore").read_text().splitlines()
+    assert "!constraints.txt" in allowed and "!pyproject.toml" in allowed
 
 
 def test_healthcheck_asks_the_provider_over_nats() -> None:
