@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
-import nats
 import nats.errors
 
 from contract.client import KeyValueClient, KeyValueError
@@ -36,27 +37,38 @@ from contract.keyvalue import (
 )
 from contract.nkeys import KeyPair, NKeyError
 from provider.cli import state as statefile
-from provider.logs import redact_url
+from provider.cli.common import (
+    DEFAULT_NATS_URL,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    Unreachable,
+    UsageError,
+    connect,
+    error,
+    warn,
+    with_scheme,
+)
 
 SEED_ENV = "NATS_KVCACHE_SEED"
 DEFAULT_TIMEOUT = 2.0
+EXIT_ERROR_REPLY = EXIT_FAILED
 
-EXIT_OK, EXIT_ERROR_REPLY, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-
-
-class UsageError(Exception):
-    """Bad arguments or missing settings (exit code 2)."""
+I32_MIN, I32_MAX = -(2**31), 2**31 - 1
+U32_MAX = 2**32 - 1
 
 
-class Unreachable(Exception):
-    """No answer from NATS or from the provider (exit code 3)."""
-
-
-def _int(text: str, what: str) -> int:
+def _int(text: str, what: str, low: int = I32_MIN, high: int = I32_MAX) -> int:
+    """An integer argument, range-checked here so the message names the argument."""
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
         raise UsageError(f"{what} must be an integer, got {text!r}") from None
+    if not low <= value <= high:
+        kind = "a 32-bit integer" if low < 0 else "an unsigned 32-bit integer"
+        raise UsageError(f"{what} must be {kind} ({low}..{high}), got {text}")
+    return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +81,19 @@ class Command:
     build: Callable[[list[str], int], Any]  # (positional args, --expires) → contract argument
     arity: int  # number of positional args; -1 = one or more
 
+    @property
+    def value_index(self) -> int | None:
+        """Position of the VALUE argument (which may be ``-`` or ``@FILE``), if any."""
+        names = self.params.split()
+        return names.index("VALUE") if "VALUE" in names else None
+
 
 def _one(args: list[str], _: int) -> str:
     return args[0]
 
 
 def _delta(args: list[str]) -> int:
-    return _int(args[1], "DELTA")
+    return _int(args[1], "increment")
 
 
 COMMANDS: tuple[Command, ...] = (
@@ -126,21 +144,55 @@ def find_command(op: str) -> Command:
     return command
 
 
-def build_argument(command: Command, args: list[str], expires: int | None) -> Any:
+def read_value(text: str, *, stdin: Any = None) -> str:
+    """``-``: all of stdin; ``@FILE``: the file's content; anything else: itself.
+
+    Read as-is (a trailing newline is kept, as ``redis-cli -x`` does): use ``printf``, not
+    ``echo``, for an exact value. Values are strings, so the bytes must be UTF-8."""
+    if text == "-":
+        data, where = (stdin or sys.stdin.buffer).read(), "stdin"
+    elif text.startswith("@") and len(text) > 1:
+        where = text[1:]
+        try:
+            data = Path(where).read_bytes()
+        except FileNotFoundError:
+            raise UsageError(f"value file {where}: no such file") from None
+        except OSError as failure:
+            raise UsageError(f"value file {where}: {failure.strerror}") from None
+    else:
+        return text
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"value from {where} is not UTF-8 text") from None
+
+
+def build_argument(
+    command: Command,
+    args: list[str],
+    expires: int | None,
+    *,
+    literal: bool = False,
+    stdin: Any = None,
+) -> Any:
     """Check the arity and turn the command-line strings into the contract argument."""
     arity_ok = len(args) >= 1 if command.arity < 0 else len(args) == command.arity
     if not arity_ok:
         raise UsageError(f"usage: nats-kvcache call {command.name} {command.params}")
     if expires is not None and command.name != "set":
         raise UsageError("--expires only applies to set")
-    if expires is not None and expires < 0:
-        raise UsageError("--expires must be >= 0 (seconds; 0 = never)")
+    if expires is not None and not 0 <= expires <= U32_MAX:
+        raise UsageError(f"--expires must be 0..{U32_MAX} (seconds; 0 = never)")
+    args = list(args)
+    index = command.value_index
+    if index is not None and not literal:
+        args[index] = read_value(args[index], stdin=stdin)
     argument = command.build(args, expires or 0)
     operation = OPERATIONS[command.method]
-    try:  # round-trip locally so range errors (DELTA > i32) are usage errors, not replies
+    try:  # round-trip locally so what the provider would refuse is a usage error, not a reply
         operation.decode_input(operation.encode_input(argument))
-    except ArgumentError as error:
-        raise UsageError(f"invalid argument: {error}") from None
+    except ArgumentError as failure:
+        raise UsageError(f"invalid argument: {failure}") from None
     return argument
 
 
@@ -158,6 +210,21 @@ def format_result(method: str, result: Any) -> str:
     return str(result)
 
 
+def format_json(method: str, result: Any) -> str:
+    """One JSON value, as ``redis-cli --json``: a missing key is ``null`` (never the string
+    "(nil)"), ``"OK"`` for operations without a result, numbers, booleans and arrays."""
+    output_type = OPERATIONS[method].output_type
+    if output_type == "GetResponse":
+        value: Any = result.value if result.exists else None
+    elif output_type == "Unit":
+        value = "OK"
+    elif output_type == "StringList":
+        value = list(result)
+    else:
+        value = result
+    return json.dumps(value)
+
+
 @dataclass(slots=True)
 class Connection:
     nats_url: str
@@ -169,29 +236,58 @@ class Connection:
     timeout: float
 
 
+def read_seed(args: argparse.Namespace) -> str | None:
+    """``--seed-file``, else ``--seed`` (with a warning: it lands in ps and shell history),
+    else ``$NATS_KVCACHE_SEED``; ``None`` when none is given (then the state file's)."""
+    if args.seed and args.seed_file:
+        raise UsageError("give --seed or --seed-file, not both")
+    if args.seed_file:
+        try:
+            seed = Path(args.seed_file).read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            raise UsageError(f"--seed-file {args.seed_file}: no such file") from None
+        except (OSError, UnicodeDecodeError) as failure:
+            reason = getattr(failure, "strerror", None) or "not a text file"
+            raise UsageError(f"--seed-file {args.seed_file}: {reason}") from None
+        if not seed:
+            raise UsageError(f"--seed-file {args.seed_file} is empty")
+        return seed
+    if args.seed:
+        warn(
+            "call",
+            "--seed on the command line is visible in ps and shell history; "
+            f"use --seed-file FILE or ${SEED_ENV}",
+        )
+        return args.seed
+    return os.environ.get(SEED_ENV) or None
+
+
 def resolve_connection(args: argparse.Namespace) -> Connection:
     """Flags first, then (seed only) ``$NATS_KVCACHE_SEED``, then the state file, then defaults."""
-    path, explicit = statefile.resolve_path(args.state)
+    location = statefile.locate(args.state)
     try:
-        saved = statefile.load(path, required=explicit)
-    except statefile.StateError as error:
-        raise UsageError(str(error)) from None
-    nats_url = args.nats_url or saved.nats_url or "nats://127.0.0.1:4222"
-    if "://" not in nats_url:
-        nats_url = f"nats://{nats_url}"  # accept the host's scheme-less host:port form
+        saved = statefile.read(location)
+    except statefile.StateError as failure:
+        raise UsageError(str(failure)) from None
+    nats_url = with_scheme(args.nats_url or saved.nats_url or DEFAULT_NATS_URL)
+    seed = read_seed(args)
     values = {
         "provider_key": args.provider_key or saved.provider_key,
         "actor": args.actor or saved.actor,
-        "seed": args.seed or os.environ.get(SEED_ENV) or saved.seed,
+        "seed": seed or saved.seed,
     }
     missing = [f"--{name.replace('_', '-')}" for name, value in values.items() if not value]
     if missing:
-        hint = "" if path.exists() else f" (no state file at {path}: start `nats-kvcache dev`?)"
+        hint = ""
+        if not location.path.exists():
+            hint = f"; start `nats-kvcache dev` or pass them ({location.not_found()})"
         raise UsageError(f"missing required setting(s): {', '.join(missing)}{hint}")
     try:
         signer = KeyPair.from_seed(values["seed"])
-    except NKeyError as error:  # NKeyError texts never include the seed itself
-        raise UsageError(f"--seed: {error}") from None
+    except NKeyError as failure:  # NKeyError texts never include the seed itself
+        source = "--seed-file" if args.seed_file else "--seed" if args.seed else f"${SEED_ENV}"
+        source = source if seed else f"seed in {location.path}"
+        raise UsageError(f"{source}: {failure}") from None
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError("--timeout must be > 0")
     return Connection(
@@ -205,26 +301,13 @@ def resolve_connection(args: argparse.Namespace) -> Connection:
     )
 
 
-async def _quiet(_: Exception) -> None:
-    """nats-py's default error callback logs tracebacks; the exit code says it all here."""
-
-
 async def invoke(conn: Connection, method: str, argument: Any) -> Any:
-    try:
-        nc = await nats.connect(
-            conn.nats_url,
-            name="nats-kvcache call",
-            connect_timeout=min(conn.timeout, 5.0),
-            allow_reconnect=False,
-            max_reconnect_attempts=1,  # 0 would retry forever (nats-py quirk)
-            reconnect_time_wait=0.1,
-            error_cb=_quiet,
-        )
-    except Exception as error:
-        reason = str(error) or type(error).__name__
-        raise Unreachable(
-            f"cannot connect to NATS at {redact_url(conn.nats_url)}: {reason}"
-        ) from None
+    nc = await connect(
+        conn.nats_url,
+        name="nats-kvcache call",
+        timeout=min(conn.timeout, 5.0),
+        connect_hint="is the dev lattice running (`nats-kvcache dev`)? else pass --nats-url",
+    )
     client = KeyValueClient(
         nc,
         lattice_prefix=conn.lattice,
@@ -237,60 +320,86 @@ async def invoke(conn: Connection, method: str, argument: Any) -> Any:
     try:
         return await client.call(method, argument)
     except nats.errors.NoRespondersError:
-        raise Unreachable(f"no provider is listening on {client.subject}") from None
+        raise Unreachable(
+            f"no provider is listening on {client.subject}; check --provider-key/--lattice/"
+            "--link-name, or start `nats-kvcache dev`"
+        ) from None
     except (nats.errors.TimeoutError, TimeoutError):
         raise Unreachable(
-            f"timed out after {conn.timeout:g}s waiting for the provider on {client.subject}"
+            f"timed out after {conn.timeout:g}s waiting for the provider on {client.subject};"
+            " try a longer --timeout"
+        ) from None
+    except nats.errors.MaxPayloadError:
+        raise UsageError(
+            "the invocation is larger than the NATS server's max_payload; use a smaller value"
         ) from None
     finally:
         await nc.close()
 
 
-def add_parser(subparsers: Any) -> None:
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ops = ", ".join(f"{c.name} {c.params}" for c in COMMANDS)
     parser = subparsers.add_parser(
         "call",
         help="invoke one KeyValue operation on a running provider",
-        description=f"Operations: {ops}. Values starting with '-' go after '--'.",
+        description=f"Operations: {ops}. A VALUE of '-' is read from stdin and '@FILE' from"
+        " FILE, as-is (--literal takes them literally). Values starting with '-' go after '--'.",
         epilog="Output: values plainly, lists one item per line or '(empty list)', a missing key"
-        " '(nil)' (exit 0). Exit codes: 1 error reply, 2 usage/settings, 3 provider unreachable.",
+        " '(nil)' (exit 0); with --json one JSON value (a missing key is null). Exit codes:"
+        " 1 error reply, 2 usage/settings, 3 provider unreachable.",
     )
     parser.add_argument("op", help="operation, e.g. get, set, list-add (or ListAdd)")
     parser.add_argument("args", nargs="*", help="operation arguments")
     parser.add_argument("--expires", type=int, metavar="N", help="set: expire after N seconds")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON value")
     parser.add_argument(
-        "--nats-url", help="NATS server (default: state file, else nats://127.0.0.1:4222)"
+        "--literal", action="store_true", help="a VALUE of '-' or '@FILE' is the value itself"
+    )
+    parser.add_argument(
+        "--nats-url", help=f"NATS server (default: state file, else {DEFAULT_NATS_URL})"
     )
     parser.add_argument("--lattice", help="lattice prefix (default: state file, else 'default')")
     parser.add_argument("--provider-key", help="provider public key V...")
     parser.add_argument("--link-name", help="link name (default: state file, else 'default')")
     parser.add_argument(
-        "--seed", help=f"seed of a trusted cluster issuer (or ${SEED_ENV}); never printed"
+        "--seed-file",
+        metavar="FILE",
+        help=f"file holding the seed of a trusted cluster issuer (or ${SEED_ENV})",
+    )
+    parser.add_argument(
+        "--seed", help="the seed itself (visible in ps and shell history: prefer --seed-file)"
     )
     parser.add_argument("--actor", help="public key M... of a linked actor")
     parser.add_argument("--timeout", type=float, help=f"seconds (default {DEFAULT_TIMEOUT:g})")
-    default_state = f"${statefile.STATE_ENV} or {statefile.DEFAULT_STATE_PATH}"
-    parser.add_argument("--state", help=f"state file (default {default_state})")
+    parser.add_argument(
+        "--state",
+        help=f"state file (default ${statefile.STATE_ENV}, else the nearest "
+        f"{statefile.DEFAULT_STATE_PATH} in this or a parent directory)",
+    )
     parser.set_defaults(run=run)
+    return parser
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         command = find_command(args.op)
-        argument = build_argument(command, args.args, args.expires)
+        argument = build_argument(command, args.args, args.expires, literal=args.literal)
         conn = resolve_connection(args)
         result = asyncio.run(invoke(conn, command.method, argument))
-    except UsageError as error:
-        print(f"nats-kvcache call: {error}", file=sys.stderr)
+    except UsageError as failure:
+        error("call", failure)
         return EXIT_USAGE
-    except ArgumentError as error:  # the reply did not decode as the operation's result
-        print(f"error: undecodable reply: {error}", file=sys.stderr)
+    except ArgumentError as failure:  # the reply did not decode as the operation's result
+        error("call", f"undecodable reply from the provider: {failure}")
         return EXIT_ERROR_REPLY
-    except Unreachable as error:
-        print(f"nats-kvcache call: {error}", file=sys.stderr)
+    except Unreachable as failure:
+        error("call", failure)
         return EXIT_UNREACHABLE
-    except KeyValueError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except KeyValueError as failure:
+        print(f"error: {failure}", file=sys.stderr)
         return EXIT_ERROR_REPLY
-    print(format_result(command.method, result))
+    if args.json:
+        print(format_json(command.method, result))
+    else:
+        print(format_result(command.method, result))
     return EXIT_OK

@@ -33,12 +33,24 @@ import nats
 import nats.errors
 
 from contract.codec import pack
+from contract.nkeys import NKeyError
 from contract.wire import HealthCheckResponse, Subjects
 from provider.cli import state as statefile
-from provider.logs import redact_url
+from provider.cli.common import (
+    DEFAULT_NATS_URL,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    Unreachable,
+    UsageError,
+    connect,
+    error,
+    with_scheme,
+)
 from provider.natsconn import connect_options
 
-EXIT_HEALTHY, EXIT_UNHEALTHY, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_HEALTHY, EXIT_UNHEALTHY = EXIT_OK, EXIT_FAILED
 DEFAULT_TIMEOUT = 3.0
 HEALTH_BODY = pack({"placeholder": True})
 
@@ -48,10 +60,6 @@ ENV_PROVIDER_KEY = "PROVIDER_KEY"
 ENV_LINK_NAME = "LINK_NAME"
 ENV_USER_JWT = "LATTICE_RPC_USER_JWT"
 ENV_USER_SEED = "LATTICE_RPC_USER_SEED"
-
-
-class UsageError(Exception):
-    pass
 
 
 class NotConfigured(UsageError):
@@ -74,17 +82,20 @@ class Outcome:
 
 
 def resolve(args: argparse.Namespace) -> Target:
-    path, explicit = statefile.resolve_path(args.state)
+    location = statefile.locate(args.state)
     try:
-        saved = statefile.load(path, required=explicit)
-    except statefile.StateError as error:
-        raise UsageError(str(error)) from None
+        saved = statefile.read(location)
+    except statefile.StateError as failure:
+        raise UsageError(str(failure)) from None
     env = os.environ.get
-    url = args.nats_url or env(ENV_URL) or saved.nats_url or "nats://127.0.0.1:4222"
-    url = ",".join(u if "://" in u else f"nats://{u}" for u in url.split(",") if u.strip())
+    url = with_scheme(args.nats_url or env(ENV_URL) or saved.nats_url or DEFAULT_NATS_URL)
     provider_key = args.provider_key or env(ENV_PROVIDER_KEY) or saved.provider_key
     if not provider_key:
-        raise NotConfigured(f"missing --provider-key (or ${ENV_PROVIDER_KEY})")
+        hint = "" if location.path.exists() else f" ({location.not_found()})"
+        raise NotConfigured(
+            f"missing --provider-key: pass it, set ${ENV_PROVIDER_KEY} or start "
+            f"`nats-kvcache dev`{hint}"
+        )
     jwt, seed = (env(ENV_USER_JWT) or "").strip(), (env(ENV_USER_SEED) or "").strip()
     if bool(jwt) != bool(seed):
         raise UsageError(f"${ENV_USER_JWT} and ${ENV_USER_SEED} must be set together")
@@ -131,27 +142,23 @@ async def collect_health(
     return answers
 
 
-async def _quiet(_: Exception) -> None:
-    """nats-py's default error callback logs tracebacks; the exit code says it all here."""
-
-
 async def probe(target: Target) -> Outcome:
     """One health request; collect replies until ``min_healthy`` or the timeout."""
-    options = connect_options(
-        target.nats_url, "nats-kvcache health", jwt_and_seed=target.credentials
-    )
-    options.update(
-        allow_reconnect=False,
-        max_reconnect_attempts=1,  # 0 would retry forever (nats-py quirk)
-        connect_timeout=min(target.timeout, 2.0),
-        error_cb=_quiet,
-    )
     try:
-        nc = await nats.connect(**options)
-    except Exception as error:
-        raise ConnectionError(
-            f"cannot connect to NATS at {redact_url(target.nats_url)}: {error}"
-        ) from None
+        options = connect_options(
+            target.nats_url, "nats-kvcache health", jwt_and_seed=target.credentials
+        )
+    except NKeyError as failure:  # never includes the seed itself
+        raise UsageError(f"${ENV_USER_SEED}: {failure}") from None
+    for name in ("servers", "name", "connect_timeout", "allow_reconnect", "max_reconnect_attempts"):
+        options.pop(name, None)  # one attempt, no reconnects: common.connect decides those
+    nc = await connect(
+        target.nats_url,
+        name="nats-kvcache health",
+        timeout=min(target.timeout, 2.0),
+        connect_hint=f"check --nats-url (or ${ENV_URL}), or start `nats-kvcache dev`",
+        **options,
+    )
     try:
         answers = await collect_health(
             nc, target.subjects.health, window=target.timeout, enough=target.min_healthy
@@ -187,7 +194,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument(
         "--min-healthy", type=int, default=1, metavar="N", help="healthy replies required (1)"
     )
-    parser.add_argument("--state", help="dev lattice state file (see `nats-kvcache dev`)")
+    parser.add_argument(
+        "--state",
+        help=f"dev lattice state file (default ${statefile.STATE_ENV}, else the nearest "
+        f"{statefile.DEFAULT_STATE_PATH} in this or a parent directory)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing when healthy")
     parser.add_argument(
         "--skip-unconfigured",
@@ -201,25 +212,29 @@ def run(args: argparse.Namespace) -> int:
     try:
         target = resolve(args)
         outcome = asyncio.run(probe(target))
-    except NotConfigured as error:
+    except NotConfigured as failure:
         if args.skip_unconfigured:
             if not args.quiet:
-                print(f"not checked: {error}")
+                print(f"not checked: {failure}")
             return EXIT_HEALTHY
-        print(f"nats-kvcache health: {error}", file=sys.stderr)
+        error("health", failure)
         return EXIT_USAGE
-    except UsageError as error:
-        print(f"nats-kvcache health: {error}", file=sys.stderr)
+    except UsageError as failure:
+        error("health", failure)
         return EXIT_USAGE
-    except ConnectionError as error:
-        print(f"nats-kvcache health: {error}", file=sys.stderr)
+    except Unreachable as failure:
+        error("health", failure)
         return EXIT_UNREACHABLE
     subject = target.subjects.health
     if outcome.problems:
         print(f"unhealthy: {'; '.join(outcome.problems)} ({subject})", file=sys.stderr)
         return EXIT_UNHEALTHY
     if outcome.healthy == 0:
-        print(f"no answer within {target.timeout:g}s on {subject}", file=sys.stderr)
+        print(
+            f"no answer within {target.timeout:g}s on {subject}: is the provider running?"
+            " (check --provider-key, --lattice, --link-name)",
+            file=sys.stderr,
+        )
         return EXIT_UNREACHABLE
     if outcome.healthy < target.min_healthy:
         print(

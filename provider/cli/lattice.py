@@ -34,8 +34,10 @@ from nats.aio.client import Client as NATS
 from contract.keyvalue import CONTRACT_ID
 from contract.nkeys import KeyPair
 from contract.wire import SHUTDOWN_ACK, HostData, LinkDefinition, Subjects
+from provider.cli.common import quiet_error_cb
 from provider.cli.health import collect_health
 from provider.cli.state import DevState
+from provider.prometheus import ENV_VAR as METRICS_ENV
 
 LATTICE = "default"
 LINK_NAME = "default"
@@ -49,6 +51,30 @@ class LatticeError(Exception):
 
 class Interrupted(Exception):
     """Ctrl-C arrived while the lattice was still starting."""
+
+
+def metrics_addresses(base: str | None, count: int) -> list[str | None]:
+    """``$NATS_KVCACHE_METRICS_ADDR`` for each instance: the base port plus the index, so
+    several instances on one machine do not fight over one port. ``None`` when unset."""
+    base = (base or "").strip()
+    if not base:
+        return [None] * count
+    host, sep, port = base.rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not sep or not 0 < number <= 65535 - (count - 1):
+        raise LatticeError(
+            f"${METRICS_ENV}={base!r}: expected host:port with a port of 1..{65535 - count + 1}"
+            f" (instance i serves port + i)"
+        )
+    return [f"{host}:{number + i}" for i in range(count)]
+
+
+def metrics_url(address: str) -> str:
+    host, _, port = address.rpartition(":")
+    return f"http://{host or '0.0.0.0'}:{port}/metrics"
 
 
 def find_nats_server() -> str:
@@ -96,6 +122,9 @@ class Instance:
     proc: subprocess.Popen | None = None
     links: int = 0
     stopping: bool = field(default=False)
+    metrics_addr: str | None = None
+    instance_id: str = ""  # the status document's "instance" (HostData instance_id)
+    restarts: int = 0
 
 
 @dataclass(slots=True)
@@ -110,7 +139,9 @@ class HealthReport:
 
 
 class DevLattice:
-    def __init__(self, workdir: Path, instances: int, port: int = 0) -> None:
+    def __init__(
+        self, workdir: Path, instances: int, port: int = 0, metrics_base: str | None = None
+    ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.cluster = KeyPair.generate("cluster")
@@ -120,6 +151,10 @@ class DevLattice:
             Instance(i, KeyPair.generate("server"), workdir / f"provider-{i}.log")
             for i in range(instances)
         ]
+        for instance, address in zip(
+            self.instances, metrics_addresses(metrics_base, instances), strict=True
+        ):
+            instance.metrics_addr = address
         self.subjects = Subjects(LATTICE, self.provider.public_key, LINK_NAME)
         self.nats_log = workdir / "nats-server.log"
         self.nats_proc: subprocess.Popen | None = None
@@ -163,7 +198,7 @@ class DevLattice:
                     allow_reconnect=False,
                     max_reconnect_attempts=1,  # 0 would retry forever (nats-py quirk)
                     reconnect_time_wait=0.1,
-                    error_cb=_quiet,
+                    error_cb=quiet_error_cb,
                 )
                 return
             except Exception as error:
@@ -189,21 +224,27 @@ class DevLattice:
             provider_key=self.provider.public_key,
             invocation_seed=self.cluster.seed,
             env_values={},
-            instance_id=str(uuid.uuid4()),
+            instance_id=instance.instance_id or str(uuid.uuid4()),
             link_definitions=[link],
             cluster_issuers=[self.cluster.public_key],
             structured_logging=False,
         )
 
-    def _launch(self, instance: Instance) -> None:
+    def _launch(self, instance: Instance, *, append_log: bool = False) -> None:
+        instance.instance_id = str(uuid.uuid4())
         host_data = self.host_data(instance)
-        with instance.log_path.open("wb") as log:
+        env = dict(os.environ)
+        env.pop(METRICS_ENV, None)
+        if instance.metrics_addr:
+            env[METRICS_ENV] = instance.metrics_addr
+        with instance.log_path.open("ab" if append_log else "wb") as log:
             instance.proc = proc = subprocess.Popen(
                 [sys.executable, "-m", "provider"],
                 stdin=subprocess.PIPE,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 process_group=0,
+                env=env,
             )
         instance.links = len(host_data.link_definitions)
         try:
@@ -250,6 +291,33 @@ class DevLattice:
                 )
         return dead
 
+    def dead_instances(self) -> list[Instance]:
+        """Providers that died while they should be running (not being stopped)."""
+        return [
+            i
+            for i in self.instances
+            if i.proc is not None and not i.stopping and i.proc.poll() is not None
+        ]
+
+    def nats_server_exited(self) -> bool:
+        return self.nats_proc is not None and self.nats_proc.poll() is not None
+
+    def describe_exit(self, instance: Instance) -> str:
+        proc = instance.proc
+        assert proc is not None
+        return f"provider instance {instance.index} (pid {proc.pid}) {_how(proc)}"
+
+    def restart(self, instance: Instance) -> None:
+        """Start a dead instance again (same host key, a new instance id), log appended."""
+        old = instance.proc
+        if old is not None and old.stdin is not None:
+            with contextlib.suppress(OSError):
+                old.stdin.close()
+        instance.restarts += 1
+        with instance.log_path.open("ab") as log:
+            log.write(f"\n--- restarted by nats-kvcache dev ({instance.restarts}) ---\n".encode())
+        self._launch(instance, append_log=True)
+
     def _check_alive(self) -> None:
         dead = self.exited()
         if dead:
@@ -285,7 +353,9 @@ class DevLattice:
                     "index": i.index,
                     "pid": i.proc.pid if i.proc else None,
                     "host_id": i.host.public_key,
+                    "instance_id": i.instance_id,
                     "log": str(i.log_path),
+                    "metrics": i.metrics_addr,
                 }
                 for i in self.instances
             ],
@@ -355,7 +425,3 @@ def _wait(proc: subprocess.Popen, timeout: float) -> bool:
     except subprocess.TimeoutExpired:
         return False
     return True
-
-
-async def _quiet(_: Exception) -> None:
-    """Keep nats-py from logging connection tracebacks; failures surface as exceptions."""

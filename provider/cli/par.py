@@ -43,6 +43,7 @@ from typing import Any
 from contract.claims import encode_jwt
 from contract.keyvalue import CONTRACT_ID
 from contract.nkeys import KeyKind, KeyPair, NKeyError
+from provider.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 
 NAME = "nats-kvcache"
 DEFAULT_VENDOR = "nats-kvcache"
@@ -56,7 +57,6 @@ CLAIMS_FILE = "claims.jwt"
 WASCAP_REVISION = 3
 EXECUTABLE_NAME = "nats-kvcache-provider"
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 #: Modules PyInstaller must bundle although static analysis might miss them: the event loop is
 #: imported only if present, structlog/nats pick some modules at run time, PyNaCl is a cffi
@@ -92,10 +92,6 @@ _SYSTEMS = {"linux": "linux", "darwin": "macos", "windows": "windows", "freebsd"
 
 class ParError(Exception):
     """The archive could not be built (exit 1)."""
-
-
-class UsageError(Exception):
-    """Bad arguments (exit 2)."""
 
 
 def host_target() -> str:

@@ -53,14 +53,70 @@ class DevState:
         return cls(**values)
 
 
+@dataclass(frozen=True, slots=True)
+class Location:
+    """Where the state file is (or would be) and how it was chosen.
+
+    ``explicit`` (``--state`` or ``$NATS_KVCACHE_STATE``) means a missing file is an error;
+    ``searched`` lists the directories looked in when nothing was found upward from the CWD."""
+
+    path: Path
+    explicit: bool
+    source: str
+    searched: tuple[Path, ...] = ()
+
+    def not_found(self) -> str:
+        """Where we looked, in one line, for "missing settings" messages."""
+        if self.explicit:
+            return f"no state file at {self.path} ({self.source})"
+        if not self.searched:
+            return f"no state file at {self.path}"
+        top = self.searched[-1]
+        where = (
+            f"{self.searched[0]}"
+            if len(self.searched) == 1
+            else f"{self.searched[0]} or any parent up to {top}"
+        )
+        return f"no {DEFAULT_STATE_PATH} in {where}, ${STATE_ENV} unset"
+
+
+def locate(flag: str | None, start: Path | None = None) -> Location:
+    """For readers (``call``, ``status``, ``health``): ``--state``, else ``$NATS_KVCACHE_STATE``,
+    else the nearest ``.dev-lattice/state.json`` in the CWD or a parent directory (as git finds
+    ``.git``), else the CWD default (which does not exist)."""
+    if flag:
+        return Location(Path(flag), True, "--state")
+    env = os.environ.get(STATE_ENV)
+    if env:
+        return Location(Path(env), True, f"${STATE_ENV}")
+    here = (start or Path.cwd()).absolute()
+    searched = []
+    for directory in (here, *here.parents):
+        searched.append(directory)
+        candidate = directory / DEFAULT_STATE_PATH
+        if candidate.is_file():
+            shown = DEFAULT_STATE_PATH if directory == here else candidate
+            return Location(shown, False, "found")
+    return Location(DEFAULT_STATE_PATH, False, "default", tuple(searched))
+
+
 def resolve_path(flag: str | None) -> tuple[Path, bool]:
-    """``(path, explicit)``: ``--state``, else ``$NATS_KVCACHE_STATE``, else the CWD default."""
+    """For the writer (``dev``): ``--state``, else ``$NATS_KVCACHE_STATE``, else the CWD default.
+
+    ``dev`` never writes into a parent directory: a lattice belongs to where it was started."""
     if flag:
         return Path(flag), True
     env = os.environ.get(STATE_ENV)
     if env:
         return Path(env), True
     return DEFAULT_STATE_PATH, False
+
+
+def read(location: Location) -> DevState:
+    """:func:`load` for a :class:`Location`; a missing explicit file says where it looked."""
+    if location.explicit and not location.path.exists():
+        raise StateError(location.not_found())
+    return load(location.path, required=location.explicit)
 
 
 def load(path: Path, *, required: bool) -> DevState:

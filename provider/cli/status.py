@@ -11,17 +11,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import time
 from typing import Any
 
-import nats
-
 from provider.cli import state as statefile
+from provider.cli.common import (
+    DEFAULT_NATS_URL,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    Unreachable,
+    connect,
+    error,
+    with_scheme,
+)
 from provider.introspection import STATS_SUBJECT
-from provider.logs import redact_url
 
-EXIT_OK, EXIT_NONE, EXIT_UNREACHABLE = 0, 1, 3
+EXIT_NONE = EXIT_FAILED
 
 
 async def collect_statuses(nc: Any, *, window: float = 0.5) -> list[dict[str, Any]]:
@@ -87,7 +94,11 @@ def add_parser(subparsers: Any) -> None:
     parser.add_argument("--provider-key", help="only instances of this provider key")
     parser.add_argument("--window", type=float, default=0.5, help="seconds to collect replies")
     parser.add_argument("--json", action="store_true", help="print the raw status documents")
-    parser.add_argument("--state", help="dev lattice state file")
+    parser.add_argument(
+        "--state",
+        help=f"dev lattice state file (default ${statefile.STATE_ENV}, else the nearest "
+        f"{statefile.DEFAULT_STATE_PATH} in this or a parent directory)",
+    )
     parser.set_defaults(run=run)
 
 
@@ -96,21 +107,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    path, explicit = statefile.resolve_path(args.state)
+    location = statefile.locate(args.state)
     try:
-        saved = statefile.load(path, required=explicit)
-    except statefile.StateError as error:
-        print(f"nats-kvcache status: {error}")
-        return 2
-    url = args.nats_url or saved.nats_url or "nats://127.0.0.1:4222"
+        saved = statefile.read(location)
+    except statefile.StateError as failure:
+        error("status", failure)
+        return EXIT_USAGE
+    if args.window <= 0:
+        error("status", "--window must be > 0")
+        return EXIT_USAGE
+    url = with_scheme(args.nats_url or saved.nats_url or DEFAULT_NATS_URL)
+    hint = "pass --nats-url" if saved.nats_url else "start `nats-kvcache dev` or pass --nats-url"
     try:
-        nc = await nats.connect(url, connect_timeout=2, max_reconnect_attempts=1)
-    except Exception as error:
-        reason = error or "refused"
-        print(
-            f"nats-kvcache status: cannot connect to NATS at {redact_url(url)}: {reason}",
-            file=sys.stderr,
-        )
+        nc = await connect(url, name="nats-kvcache status", timeout=2.0, connect_hint=hint)
+    except Unreachable as failure:
+        error("status", failure)
         return EXIT_UNREACHABLE
     try:
         statuses = await collect_statuses(nc, window=args.window)
