@@ -29,6 +29,7 @@ def connect_options(
     tls_key_file: str | None = None,
     no_echo: bool = False,
     ping_interval: float = 120,
+    inbox_prefix: str | None = None,
 ) -> dict:
     """Keyword arguments for ``nats.connect`` for a long-lived daemon connection.
 
@@ -46,6 +47,8 @@ def connect_options(
         "ping_interval": ping_interval,
         "max_outstanding_pings": 2,
     }
+    if inbox_prefix is not None:
+        options["inbox_prefix"] = inbox_prefix
     if jwt_and_seed is not None:
         jwt, seed = jwt_and_seed
         signer = KeyPair.from_seed(seed)

@@ -1,5 +1,5 @@
 """Replication backends: interchangeable objects behind :class:`.base.Replicator`."""
 
-from .base import ReplicationHealth, Replicator, Standalone
+from .base import Disabled, ReplicationHealth, Replicator, Standalone
 
-__all__ = ["ReplicationHealth", "Replicator", "Standalone"]
+__all__ = ["Disabled", "ReplicationHealth", "Replicator", "Standalone"]

@@ -13,6 +13,16 @@ from typing import Protocol
 
 from provider.store import Change
 
+#: Replication may be down this long (or two anti-entropy periods, if longer) before health
+#: says so: long enough to ride out a server restart or a leader election.
+MIN_GRACE_SECS = 5.0
+
+
+def health_grace_secs(heartbeat_secs: float = 0.0) -> float:
+    """How long a replication outage stays out of health (both backends; JetStream has no
+    heartbeat, so it gets the minimum)."""
+    return max(MIN_GRACE_SECS, 2 * heartbeat_secs)
+
 
 class ReplicationError(Exception):
     """A write could not be made durable; the text goes back to the actor."""
@@ -69,3 +79,19 @@ class Standalone:
 
     async def stop(self) -> None:
         return None
+
+
+class Disabled(Standalone):
+    """Replication was asked for but cannot run (no key to sign with): local state only,
+    and health says why."""
+
+    name = "disabled"
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def health(self) -> ReplicationHealth:
+        return ReplicationHealth(False, self.reason)
+
+    def status(self) -> dict:
+        return {"mode": self.name, "problem": self.reason}

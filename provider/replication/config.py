@@ -15,6 +15,18 @@ from provider.natsconn import connect_options
 
 DEFAULT_HEARTBEAT_SECS = 5.0
 DEFAULT_TOMBSTONE_HORIZON_SECS = 3600.0
+#: A remote stamp further ahead of our wall clock than this is refused (CockroachDB's default
+#: maximum clock offset is the same 500 ms). NTP keeps real hosts within a few milliseconds.
+DEFAULT_MAX_CLOCK_OFFSET_MS = 500
+#: How long a write waits for peers to confirm it (``WRITE_ACK=peers``). Far above a round trip
+#: between zones (1-10 ms) and a GC pause, far below the host's 2 s RPC timeout: a peer that
+#: misses it is marked lagging, and later writes stop waiting for it.
+DEFAULT_WRITE_ACK_TIMEOUT_MS = 250
+WRITE_ACK_MODES = ("peers", "local")
+#: Replies to replication requests (snapshot chunks, repair answers, JetStream API answers)
+#: arrive under this prefix instead of ``_INBOX``, so NATS permissions on ``kvcache.>`` cover
+#: them too: a client that may not subscribe there cannot read the cache out of an inbox.
+INBOX_PREFIX = "kvcache._INBOX"
 
 #: Keys that decide *how* we replicate. Used to tell whether a later link disagrees.
 REPLICATION_KEYS = (
@@ -35,6 +47,9 @@ REPLICATION_KEYS = (
     "JS_REPLICAS",
     "JS_MAX_BYTES",
     "JS_DOMAIN",
+    "WRITE_ACK",
+    "WRITE_ACK_TIMEOUT_MS",
+    "MAX_CLOCK_OFFSET_MS",
 )
 
 #: Values never to be logged.
@@ -117,6 +132,9 @@ class ReplicationConfig:
     js_replicas: int = 1
     js_max_bytes: int = -1
     js_domain: str | None = None
+    write_ack: str = "peers"
+    write_ack_timeout_ms: int = DEFAULT_WRITE_ACK_TIMEOUT_MS
+    max_clock_offset_ms: int = DEFAULT_MAX_CLOCK_OFFSET_MS
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -169,6 +187,17 @@ class ReplicationConfig:
         config.js_storage = storage
         config.js_replicas = int(_number(v, "JS_REPLICAS", 1, 1, 5, problems))
         config.js_max_bytes = int(_number(v, "JS_MAX_BYTES", -1, -1, 2**62, problems))
+        write_ack = (v.get("WRITE_ACK") or "peers").strip().lower()
+        if write_ack not in WRITE_ACK_MODES:
+            problems.append(f"WRITE_ACK={write_ack!r} is not 'peers' or 'local'; using 'peers'")
+            write_ack = "peers"
+        config.write_ack = write_ack
+        config.write_ack_timeout_ms = int(
+            _number(v, "WRITE_ACK_TIMEOUT_MS", DEFAULT_WRITE_ACK_TIMEOUT_MS, 1, 10_000, problems)
+        )
+        config.max_clock_offset_ms = int(
+            _number(v, "MAX_CLOCK_OFFSET_MS", DEFAULT_MAX_CLOCK_OFFSET_MS, 1, 3_600_000, problems)
+        )
         if bool(config.client_jwt) != bool(config.client_seed):
             problems.append("CLIENT_JWT and CLIENT_SEED must be given together; ignoring both")
             config.client_jwt = config.client_seed = None
@@ -187,6 +216,7 @@ class ReplicationConfig:
             tls_ca_file=self.tls_ca_file,
             tls_cert_file=self.tls_cert_file,
             tls_key_file=self.tls_key_file,
+            inbox_prefix=INBOX_PREFIX,
             **extra,
         )
 

@@ -40,14 +40,22 @@ from nats.js.errors import APIError, NotFoundError
 from provider.logs import redact_url
 from provider.natsconn import connect_forever
 from provider.store import Change, KeyValueStore
-from provider.store.codec import ChangeDecodeError, decode_change, encode_change
+from provider.store.codec import ChangeDecodeError, decode_change, encode_change, is_node_id
+from provider.store.hlc import wall_ms
+from provider.supervisor import Supervisor
 
-from .base import ReplicationError, ReplicationHealth
+from . import messages as m
+from .acks import AckTracker
+from .base import ReplicationError, ReplicationHealth, health_grace_secs
+from .channel import SignedChannel
 from .config import ReplicationConfig
+from .messages import MAX_MESSAGE_BYTES, Kind, ahead_ms
+from .peers import PeerTracker
+from .signing import HEADER_BYTES, Trust, UntrustedMessage, Verifier, seal
 
 log = structlog.get_logger("provider.replication.jetstream")
 
-FORMAT = 1
+FORMAT = 2
 #: JetStream's error code for a failed expected-last-subject-sequence check.
 WRONG_LAST_SEQUENCE = 10071
 #: Optimistic-concurrency attempts per write before the actor gets an error (with jittered
@@ -57,6 +65,10 @@ PUBLISH_TIMEOUT = 2.0
 #: base64url tokens longer than this name the key by hash instead (subjects have a size limit).
 MAX_TOKEN_CHARS = 1024
 CONNECTION_NAME = "wasmCloud KV Cache Provider (JetStream)"
+#: A write that arrives while the stream is still being set up waits this long for it.
+STARTUP_WAIT_SECS = 5.0
+#: Log lines about dropped records, at most, per minute.
+DROP_LOGS_PER_MINUTE = 5
 
 
 def key_token(key: str) -> str:
@@ -81,18 +93,32 @@ def _covers(pattern: str, subject: str) -> bool:
     return False
 
 
-def encode_record(change: Change) -> bytes:
-    return msgpack.packb([FORMAT, encode_change(change)], use_bin_type=True)
+def encode_record(change: Change, writer: str = "") -> bytes:
+    """The record body: format, change, and the writing node (who to confirm it to).
+
+    Signed separately and bound to its subject: see :func:`seal_record`.
+    """
+    return msgpack.packb([FORMAT, encode_change(change), writer], use_bin_type=True)
+
+
+def seal_record(trust: Trust, change: Change, subject: str, writer: str = "") -> bytes:
+    """A stream record: signed, and bound to its subject so it cannot be copied to another key."""
+    return seal(trust, encode_record(change, writer), subject)
 
 
 def decode_record(data: bytes) -> Change:
+    return decode_record_and_writer(data)[0]
+
+
+def decode_record_and_writer(data: bytes) -> tuple[Change, str]:
+    """The change in a record body and the node that wrote it (``""`` if not a node id)."""
     try:
-        version, body = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        version, body, writer = msgpack.unpackb(data, raw=False, strict_map_key=False)
     except Exception as error:
         raise ChangeDecodeError(f"not a cache record: {error}") from None
     if version != FORMAT:
         raise ChangeDecodeError(f"unsupported record format {version!r}")
-    return decode_change(body)
+    return decode_change(body), writer if is_node_id(writer) else ""
 
 
 def stream_settings(config: ReplicationConfig) -> api.StreamConfig:
@@ -120,11 +146,20 @@ class JetStreamReplicator:
         self,
         store: KeyValueStore,
         config: ReplicationConfig,
+        trust: Trust,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.config = config
+        self.trust = trust
+        self._verifier = Verifier(trust, MAX_MESSAGE_BYTES + HEADER_BYTES + 64 * 1024)
+        self.supervisor = Supervisor(clock=clock)
+        self._stopping = False
+        self._announcing = False
+        self._ready = asyncio.Event()
+        self._created = clock()
+        self._drop_logs: list[float] = []
         self.settings = stream_settings(config)
         self.stream = self.settings.name
         self._prefix = self.settings.subjects[0][:-1]  # "lc.{prefix}."
@@ -135,27 +170,44 @@ class JetStreamReplicator:
         self._waiting: dict[str, list[asyncio.Future]] = {}
         self._driving: set[str] = set()
         self._ids = itertools.count(1)
-        self._tasks: list[asyncio.Task] = []
         self._problem: str | None = None
         self._failed = False
         self._down_since: float | None = clock()
         self._replaying = True
         self._replay_target = 0
-        self.counters = {"writes": 0, "conflicts": 0, "applied": 0, "dropped_messages": 0}
+        self.counters = {
+            "writes": 0,
+            "conflicts": 0,
+            "applied": 0,
+            "dropped_messages": 0,
+            "untrusted_messages": 0,
+            "clock_refused": 0,
+            "ack_timeouts": 0,
+        }
+        # Read-your-writes (WRITE_ACK=peers): peers announce themselves on a core subject and
+        # confirm the stream sequence they applied; a write waits for the live ones (bounded).
+        self.node = store.node_id
+        self.channel = SignedChannel(trust, self.counters, log)
+        self.acks = AckTracker()
+        self.peers = PeerTracker(expiry_secs=max(3 * config.heartbeat_secs, 15.0))
+        self._ack_subject = f"kvcache.lc.{config.cache_prefix}.ack"
+        self._presence_subject = f"kvcache.lc.{config.cache_prefix}.presence"
+        self._acks_due: dict[str, int] = {}
         self.replay_seconds: float | None = None
         self._last_progress_log = 0.0
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         self.store.tombstone_absent_keys = True
-        self._tasks.append(asyncio.create_task(self._run(), name="jetstream"))
+        self.supervisor.spawn("jetstream", self._run)
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
+        self._stopping = True
+        self.acks.release_all()
+        await self.supervisor.stop(timeout=1.0)
         if self._nc is not None and not self._nc.is_closed:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._nc.close(), timeout=2)
+                await asyncio.wait_for(self._nc.close(), timeout=1.0)
 
     async def _run(self) -> None:
         cfg = self.config
@@ -173,6 +225,9 @@ class JetStreamReplicator:
             reconnected_cb=self._on_reconnected,
         )
         self._down_since = None
+        await self.channel.attach(self._nc)
+        await self._nc.subscribe(f"{self._ack_subject}.{self.node}", cb=self._on_ack)
+        await self._nc.subscribe(self._presence_subject, cb=self._on_presence)
         self._js = self._nc.jetstream(domain=cfg.js_domain)
         delay = 1.0
         while not await self._start_tailing():
@@ -212,6 +267,7 @@ class JetStreamReplicator:
             log.info("jetstream mode running", stream=self.stream)
         self._problem = None
         self._failed = False
+        self._ready.set()
         self._replaying = True
         if info.state.messages == 0:
             self._finish_replay(started)
@@ -267,24 +323,36 @@ class JetStreamReplicator:
         the next publish, which carries every one of them (it sends the key's whole merged
         state). One instance then never races itself, and hot keys need far fewer publishes."""
         future = asyncio.get_running_loop().create_future()
-        if self._js is None:
-            future.set_exception(
-                ReplicationError(f"replication: {self._problem or 'JetStream not ready'}")
-            )
-            return future
         self._waiting.setdefault(key, []).append(future)
         if key not in self._driving:
             self._driving.add(key)
-            task = asyncio.create_task(self._drive(key))
-            self._tasks.append(task)
-            task.add_done_callback(self._tasks.remove)
+            self.supervisor.run_once("jetstream-write", self._drive(key))
         return future
+
+    async def _wait_until_ready(self) -> None:
+        """Hold a write made during start-up until the stream is usable (bounded)."""
+        if self._ready.is_set():
+            return
+        remaining = STARTUP_WAIT_SECS - (self._clock() - self._created)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), max(remaining, 0.5))
+        if not self._ready.is_set():
+            reason = self._problem or f"JetStream not ready after {STARTUP_WAIT_SECS:.0f} s"
+            raise ReplicationError(f"replication: {reason}")
 
     async def _drive(self, key: str) -> None:
         try:
+            try:
+                await self._wait_until_ready()
+            except ReplicationError as error:
+                for future in self._waiting.pop(key, []):
+                    if not future.done():
+                        future.set_exception(error)
+                return
             while batch := self._waiting.pop(key, None):
                 try:
-                    await self._publish_merged(key)
+                    seq = await self._publish_merged(key)
+                    await self._await_peers(seq)
                 except Exception as error:
                     for future in batch:
                         if not future.done():
@@ -296,12 +364,13 @@ class JetStreamReplicator:
         finally:
             self._driving.discard(key)
 
-    async def _publish_merged(self, key: str) -> None:
+    async def _publish_merged(self, key: str) -> int:
+        """Publish the key's merged state; returns its stream sequence."""
         subject = self._prefix + key_token(key)
         write_id = next(self._ids)
         for attempt in range(MAX_ATTEMPTS):
             entry = self.store.entry(key)
-            body = encode_record(Change(key, entry))
+            body = seal_record(self.trust, Change(key, entry), subject, self.node)
             headers = {
                 "Nats-Expected-Last-Subject-Sequence": str(self._seqs.get(subject, 0)),
                 "Nats-Msg-Id": f"{self.store.node_id}-{write_id}-{attempt}",
@@ -326,7 +395,7 @@ class JetStreamReplicator:
                 ) from None
             self._note_seq(subject, ack.seq)
             self.counters["writes"] += 1
-            return
+            return ack.seq
         raise ReplicationError("replication: too many concurrent writers on this key; try again")
 
     async def _reload(self, subject: str) -> None:
@@ -338,10 +407,69 @@ class JetStreamReplicator:
             return
         self._apply(raw.data, subject, raw.seq)
 
+    async def _await_peers(self, seq: int) -> None:
+        """Hold the write until every live, non-lagging peer applied stream sequence ``seq``."""
+        if self.config.write_ack != "peers":
+            return
+        targets = self.acks.targets(p.node for p in self.peers.live(self._clock()))
+        if not targets:
+            return
+        confirmed: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.acks.expect(seq, targets, [confirmed])
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.shield(confirmed), self.config.write_ack_timeout_ms / 1000
+            )
+        late = self.acks.expire(seq)
+        if late:
+            self.counters["ack_timeouts"] += 1
+            log.warning(
+                "peer did not confirm a write in time; answering without it, marked lagging",
+                peers=late,
+                timeout_ms=self.config.write_ack_timeout_ms,
+            )
+
+    async def _on_ack(self, msg: Msg) -> None:
+        message = self.channel.open(msg, (Kind.ACK,))
+        if message is None or not message.acks:
+            return
+        self.peers.saw(message.node, self._clock())
+        self.acks.acked_up_to(message.node, max(message.acks))
+
+    async def _on_presence(self, msg: Msg) -> None:
+        message = self.channel.open(msg, (Kind.ACK,))
+        if message is not None and message.node != self.node:
+            self.peers.saw(message.node, self._clock())
+
+    async def _announce_forever(self) -> None:
+        """Tell writers we tail the stream (after our replay), once per period."""
+        beacon = m.encode(m.Message(Kind.ACK, self.node))
+        while True:
+            with contextlib.suppress(Exception):
+                await self.channel.publish(self._presence_subject, beacon)
+            self.acks.forget(p.node for p in self.peers.live(self._clock()))
+            await asyncio.sleep(self.config.heartbeat_secs)
+
+    def _queue_ack(self, writer: str, seq: int) -> None:
+        first = not self._acks_due
+        self._acks_due[writer] = max(seq, self._acks_due.get(writer, 0))
+        if first:
+            self.supervisor.run_once("jetstream-acks", self._send_acks())
+
+    async def _send_acks(self) -> None:
+        await asyncio.sleep(0)  # one ack per writer for all records of this turn
+        due, self._acks_due = self._acks_due, {}
+        for writer, seq in due.items():
+            ack = m.encode(m.Message(Kind.ACK, self.node, acks=[seq]))
+            with contextlib.suppress(Exception):
+                await self.channel.publish(f"{self._ack_subject}.{writer}", ack)
+
     # ------------------------------------------------------------------ reads
     async def _on_record(self, msg: Msg) -> None:
         meta = msg.metadata
-        self._apply(msg.data, msg.subject, meta.sequence.stream)
+        writer = self._apply(msg.data, msg.subject, meta.sequence.stream)
+        if writer and writer != self.node:
+            self._queue_ack(writer, meta.sequence.stream)
         if not self._replaying:
             return
         if meta.num_pending == 0 or meta.sequence.stream >= self._replay_target:
@@ -363,20 +491,39 @@ class JetStreamReplicator:
             eta_secs=round(pending / rate, 1) if rate else None,
         )
 
-    def _apply(self, data: bytes, subject: str, seq: int) -> None:
-        try:
-            change = decode_record(data)
-        except ChangeDecodeError as error:
-            self.counters["dropped_messages"] += 1
-            log.warning("cache record dropped", subject=subject, error=str(error))
-            return
-        if self._prefix + key_token(change.key) != subject:
-            self.counters["dropped_messages"] += 1
-            log.warning("cache record names another key than its subject; dropped", subject=subject)
-            return
-        self.store.apply(change)
+    def _apply(self, data: bytes, subject: str, seq: int) -> str:
+        """Merge one stream record, if it is trusted and valid.
+
+        Its sequence is noted even when it is dropped: it *is* the subject's latest message, so
+        our next write on that key replaces it (a forged record must not wedge the key).
+        """
         self._note_seq(subject, seq)
+        try:
+            change, writer = decode_record_and_writer(self._verifier.open(data, subject))
+        except UntrustedMessage as error:
+            self._drop("untrusted_messages", subject, str(error))
+            return ""
+        except ChangeDecodeError as error:
+            self._drop("dropped_messages", subject, str(error))
+            return ""
+        if self._prefix + key_token(change.key) != subject:
+            self._drop("dropped_messages", subject, "the record names another key")
+            return ""
+        ahead = ahead_ms([change], wall_ms())
+        if ahead > self.config.max_clock_offset_ms:
+            self._drop("clock_refused", subject, f"stamped {ahead} ms ahead of our clock")
+            return ""
+        self.store.apply(change)
         self.counters["applied"] += 1
+        return writer
+
+    def _drop(self, counter: str, subject: str, reason: str) -> None:
+        self.counters[counter] += 1
+        now = self._clock()
+        self._drop_logs = [t for t in self._drop_logs if now - t < 60.0]
+        if len(self._drop_logs) < DROP_LOGS_PER_MINUTE:
+            self._drop_logs.append(now)
+            log.warning("cache record dropped", reason=counter, subject=subject, error=reason)
 
     def _note_seq(self, subject: str, seq: int) -> None:
         if seq > self._seqs.get(subject, 0):
@@ -390,27 +537,42 @@ class JetStreamReplicator:
         log.info(
             "stream replay complete", keys=len(self._seqs), seconds=round(self.replay_seconds, 3)
         )
+        if not self._announcing:
+            self._announcing = True
+            self.supervisor.spawn("jetstream-presence", self._announce_forever)
 
     # ------------------------------------------------------------------ health
     def health(self) -> ReplicationHealth:
         if self._problem is not None:
             return ReplicationHealth(False, self._problem)
-        if self._down_since is not None and self._clock() - self._down_since > 5.0:
+        crashed = self.supervisor.problem()
+        if crashed:
+            return ReplicationHealth(False, crashed)
+        down_for = 0.0 if self._down_since is None else self._clock() - self._down_since
+        if down_for > health_grace_secs():  # no heartbeat here: the minimum grace
             return ReplicationHealth(
                 False,
                 f"JetStream connection to {redact_url(self.config.nats_url)} down; "
                 "serving local state",
             )
-        if self._replaying:
-            return ReplicationHealth(True, "replaying")
-        return ReplicationHealth(True)
+        notes = ["replaying"] if self._replaying else []
+        if self.acks.lagging:
+            notes.append(
+                f"lagging peers {', '.join(sorted(self.acks.lagging))}: writes do not wait for "
+                "them, and they may serve stale reads until they confirm again"
+            )
+        return ReplicationHealth(True, "; ".join(notes) or None)
 
     def status(self) -> dict:
         return {
             "mode": self.name,
+            "node": self.node,
             "stream": self.stream,
             "connected": self._down_since is None,
             "replaying": self._replaying,
+            "write_ack": self.config.write_ack,
+            "peers": [p.node for p in self.peers.live(self._clock())],
+            "lagging_peers": sorted(self.acks.lagging),
             "keys_in_stream": len(self._seqs),
             "replay_seconds": self.replay_seconds,
             **self.counters,

@@ -37,14 +37,19 @@ from nats.errors import TimeoutError as NatsTimeoutError
 
 from provider.logs import redact_url
 from provider.natsconn import connect_forever
-from provider.store import Change, KeyValueStore
+from provider.store import BUCKETS, Change, KeyValueStore
 from provider.store.hlc import wall_ms
+from provider.supervisor import Supervisor
 
 from . import exchange
 from . import messages as m
-from .base import ReplicationHealth
+from .acks import AckTracker
+from .base import ReplicationHealth, health_grace_secs
+from .channel import SignedChannel
 from .config import ReplicationConfig
+from .messages import Kind
 from .peers import PeerTracker, differing_buckets
+from .signing import Trust
 
 log = structlog.get_logger("provider.replication")
 
@@ -52,20 +57,31 @@ log = structlog.get_logger("provider.replication")
 REPLAY_OFFER_TIMEOUT = 1.0
 #: How long one snapshot chunk or repair answer may take.
 REQUEST_TIMEOUT = 5.0
-#: Replication may be down this long (or two periods, if longer) before health says so.
-MIN_GRACE_SECS = 5.0
+#: A whole replay may take this long, plus one second per 20,000 offered keys (at most 10
+#: minutes): a peer that stalls it cannot hold a new instance in "replaying" for ever.
+REPLAY_BASE_DEADLINE_SECS = 30.0
+REPLAY_MIN_KEYS_PER_SEC = 20_000
+REPLAY_MAX_DEADLINE_SECS = 600.0
 #: Let in-flight deltas land before comparing buckets, so they aren't mistaken for loss.
 SETTLE_SECS = 0.05
 #: At most one early (gap-triggered) anti-entropy round per this many seconds.
 EARLY_ROUND_MIN_INTERVAL = 0.5
-#: Cap on log lines about dropped messages, per anti-entropy period.
-DROP_LOGS_PER_PERIOD = 5
+#: A peer whose stamps we refuse hears about it at most once per this many seconds.
+CLOCK_NOTICE_INTERVAL = 1.0
+#: Clock refusals (ours and our peers') show in health this long after the last one.
+CLOCK_REPORT_SECS = 15.0
+#: Peers remembered as clock offenders (the longest-ago is forgotten first).
+MAX_CLOCK_OFFENDERS = 32
 
 #: A silently dead (blackholed) link is noticed after two unanswered pings (~6 s); the health
 #: grace counts from then.
 PING_INTERVAL_SECS = 2.0
 
 CONNECTION_NAME = "wasmCloud KV Cache Provider"
+
+
+class ReplayStalled(Exception):
+    """The peer we replay from stopped making progress; anti-entropy takes over."""
 
 
 class NatsReplicator:
@@ -77,6 +93,7 @@ class NatsReplicator:
         self,
         store: KeyValueStore,
         config: ReplicationConfig,
+        trust: Trust,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -86,9 +103,9 @@ class NatsReplicator:
         self._clock = clock
         self._nc: NATS | None = None
         self._stopping = False
-        self._pending: list[Change] = []
+        self._closed = asyncio.Event()
+        self._pending: list[tuple[Change, asyncio.Future | None]] = []
         self._wake = asyncio.Event()
-        self._tasks: list[asyncio.Task] = []
         self._repairing: set[str] = set()
         self._seq = 0
         self._digest_subject = f"{config.events_subject}.digest"
@@ -96,22 +113,33 @@ class NatsReplicator:
         # A lost repair message must not hold up repairs with that peer for several periods.
         self._repair_timeout = min(REQUEST_TIMEOUT, max(1.0, config.heartbeat_secs))
         self.peers = PeerTracker(expiry_secs=max(3 * config.heartbeat_secs, 15.0))
+        self.acks = AckTracker()
+        self.supervisor = Supervisor(clock=clock)
         self._down_since: float | None = clock()
         self._replaying = True
         self._last_early_round = 0.0
         self._early_round_pending = False
-        self._drop_logs = 0
+        self._acks_due: dict[str, list[int]] = {}
+        #: Peers whose stamps we refused: node -> (ms ahead, when).
+        self._clock_offenders: dict[str, tuple[int, float]] = {}
+        #: Peers that told us they refuse our stamps: node -> (ms ahead, when).
+        self._refused_by: dict[str, tuple[int, float]] = {}
+        self._clock_notices: dict[str, float] = {}
         self.counters = {
             "batches_sent": 0,
             "changes_sent": 0,
             "changes_received": 0,
             "dropped_messages": 0,
+            "untrusted_messages": 0,
+            "clock_refused": 0,
+            "ack_timeouts": 0,
             "repairs": 0,
             "repair_changes_in": 0,
             "repair_changes_out": 0,
             "repair_bytes": 0,
             "snapshot_keys": 0,
         }
+        self.channel = SignedChannel(trust, self.counters, log)
         self.last_anti_entropy: float | None = None
         self.lag_ms: float | None = None
         self.replay_seconds: float | None = None
@@ -120,32 +148,60 @@ class NatsReplicator:
     async def start(self) -> None:
         self.store.track_digests()
         self.store.tombstone_absent_keys = True  # a Del overtaking its value still deletes it
-        self._tasks.append(asyncio.create_task(self._run(), name="replication"))
+        self.supervisor.spawn("replication", self._run)
 
     async def stop(self) -> None:
         self._stopping = True  # the disconnect that follows is ours: not worth a warning
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-        if self._nc is not None and not self._nc.is_closed:
+        self.acks.release_all()
+        await self.supervisor.stop(timeout=1.0)
+        nc = self._nc
+        if nc is not None and not nc.is_closed:
             with contextlib.suppress(Exception):
-                await self._flush_pending()
-                await asyncio.wait_for(self._nc.close(), timeout=2)
+                await asyncio.wait_for(self._flush_pending(), timeout=0.5)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), timeout=1.0)
 
     async def _run(self) -> None:
-        self._nc = await self._connect()
-        nc = self._nc
-        await nc.subscribe(self.config.events_subject, cb=self._on_batch)
-        await nc.subscribe(self._digest_subject, cb=self._on_digest)
-        await nc.subscribe(f"{self._direct_prefix}.{self.node}", cb=self._on_direct)
-        self._tasks.append(asyncio.create_task(self._flush_forever(), name="replication-flush"))
-        await self._replay()
-        await nc.subscribe(
-            self.config.replay_subject, queue="kvcache-replay", cb=self._on_snapshot_hello
-        )
-        self._tasks.append(asyncio.create_task(self._anti_entropy_forever(), name="anti-entropy"))
+        """Connect, subscribe, replay once; rebuild the connection whenever it closes.
+
+        nats-py reconnects by itself after most failures, but gives up for good on some (a
+        protocol error the server answers by closing the connection). Those must not end
+        replication: the whole connection is rebuilt instead.
+        """
+        replayed = False
+        while not self._stopping:
+            await self._close_connection()
+            self._closed = asyncio.Event()
+            nc = self._nc = await self._connect()
+            await self.channel.attach(nc)
+            await nc.subscribe(self.config.events_subject, cb=self._on_batch)
+            await nc.subscribe(self._digest_subject, cb=self._on_digest)
+            await nc.subscribe(f"{self._direct_prefix}.{self.node}", cb=self._on_direct)
+            if not replayed:
+                self.supervisor.spawn("replication-flush", self._flush_forever)
+                await self._replay()
+            await nc.subscribe(
+                self.config.replay_subject, queue="kvcache-replay", cb=self._on_snapshot_hello
+            )
+            if not replayed:
+                self.supervisor.spawn("anti-entropy", self._anti_entropy_forever)
+                replayed = True
+            else:
+                self._last_early_round = 0.0
+                self._early_round()
+            await self._closed.wait()
+            if self._stopping:
+                return
+            if self._down_since is None:
+                self._down_since = self._clock()
+            self.acks.release_all()
+            log.warning("replication connection closed for good; rebuilding it")
+
+    async def _close_connection(self) -> None:
+        nc, self._nc = self._nc, None
+        if nc is not None and not nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), timeout=1.0)
 
     async def _connect(self) -> NATS:
         cfg = self.config
@@ -161,15 +217,29 @@ class NatsReplicator:
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
             error_cb=self._on_error,
+            closed_cb=self._on_closed,
         )
         self._down_since = None
         log.info("replication connected", url=redact_url(cfg.nats_url), node=self.node)
         return nc
 
     # ------------------------------------------------------------------ live deltas
-    def publish(self, change: Change) -> None:
-        self._pending.append(change)
+    def publish(self, change: Change) -> asyncio.Future | None:
+        """Queue ``change`` for the next batch.
+
+        With ``WRITE_ACK=peers`` and connected peers, returns a future that completes once
+        every one of them confirmed the batch, or the ack bound passed (see :mod:`.acks`).
+        """
+        future = None
+        waits = self.config.write_ack == "peers" and self._down_since is None
+        if waits and self.acks.targets(self._live_peers()):
+            future = asyncio.get_running_loop().create_future()
+        self._pending.append((change, future))
         self._wake.set()
+        return future
+
+    def _live_peers(self) -> list[str]:
+        return [peer.node for peer in self.peers.live(self._clock())]
 
     async def _flush_forever(self) -> None:
         while True:
@@ -178,63 +248,139 @@ class NatsReplicator:
             await self._flush_pending()
 
     async def _flush_pending(self) -> None:
-        """Publish everything pending as numbered batches; never blocks the RPC path."""
+        """Publish everything pending as numbered batches."""
         pending, self._pending = self._pending, []
         batch = m.Batch()
-        for change in pending:
+        futures: list[asyncio.Future] = []
+        for change, future in pending:
             packed = m.pack_change(change)
             if not batch.fits(packed):
                 if batch.count:
-                    await self._send_batch(batch)
+                    await self._send_batch(batch, futures)
+                    futures = []
                 if not batch.fits(packed):
                     log.warning(
                         "change too large to replicate; anti-entropy skips it too",
                         key_bytes=len(change.key),
                         size=len(packed),
                     )
+                    if future is not None and not future.done():
+                        future.set_result(None)
                     continue
             batch.add(packed)
+            if future is not None:
+                futures.append(future)
         if batch.count:
-            await self._send_batch(batch)
+            await self._send_batch(batch, futures)
 
-    async def _send_batch(self, batch: m.Batch) -> None:
+    async def _send_batch(self, batch: m.Batch, futures: list[asyncio.Future]) -> None:
         count = batch.count
+        live = self._live_peers()
+        wants_acks = self.config.write_ack == "peers" and bool(live)
+        targets = self.acks.targets(live) if futures else set()
         self._seq += 1
-        message = m.Message("ch", self.node, seq=self._seq, sent_ms=wall_ms())
+        seq = self._seq
+        message = m.Message(Kind.CHANGES, self.node, seq=seq, sent_ms=wall_ms(), ack=wants_acks)
         body = m.encode(message, batch.take())
         try:
-            await self._nc.publish(self.config.events_subject, body)
+            await self.channel.publish(self.config.events_subject, body)
         except Exception as error:  # disconnected: anti-entropy repairs after the reconnect
             log.debug("change batch not sent", error=str(error))
-            return
-        self.counters["batches_sent"] += 1
-        self.counters["changes_sent"] += count
+            targets = set()
+        else:
+            self.counters["batches_sent"] += 1
+            self.counters["changes_sent"] += count
+        self.acks.expect(seq, targets, futures)
+        if targets:
+            timeout = self.config.write_ack_timeout_ms / 1000
+            asyncio.get_running_loop().call_later(timeout, self._ack_deadline, seq)
+
+    def _ack_deadline(self, seq: int) -> None:
+        late = self.acks.expire(seq)
+        if late:
+            self.counters["ack_timeouts"] += 1
+            log.warning(
+                "peer did not confirm a write in time; answering without it, marked lagging",
+                peers=late,
+                timeout_ms=self.config.write_ack_timeout_ms,
+            )
 
     async def _on_batch(self, msg: Msg) -> None:
-        message = self._decode(msg, "ch")
+        message = self.channel.open(msg, (Kind.CHANGES,))
         if message is None or message.node == self.node:
+            return
+        if not self._clock_allows(message.node, message.changes):
             return
         if self.peers.saw_batch(message.node, message.seq, self._clock()):
             self._early_round()
         for change in message.changes:
             self.store.apply(change)
         self.counters["changes_received"] += len(message.changes)
+        if message.ack:
+            self._queue_ack(message.node, message.seq)
         if message.sent_ms:  # wall clocks of peers differ a little; good enough for a lag gauge
             lag = max(wall_ms() - message.sent_ms, 0)
             self.lag_ms = lag if self.lag_ms is None else 0.9 * self.lag_ms + 0.1 * lag
+
+    def _queue_ack(self, peer: str, seq: int) -> None:
+        """Confirm batch ``seq`` to ``peer``; one ack message per peer per event-loop turn."""
+        first = not self._acks_due
+        self._acks_due.setdefault(peer, []).append(seq)
+        if first:
+            self.supervisor.run_once("acks", self._send_acks())
+
+    async def _send_acks(self) -> None:
+        await asyncio.sleep(0)  # let the batches of this turn queue their acks too
+        due, self._acks_due = self._acks_due, {}
+        for peer, seqs in due.items():
+            for start in range(0, len(seqs), m.MAX_ACKS):
+                ack = m.Message(Kind.ACK, self.node, acks=seqs[start : start + m.MAX_ACKS])
+                with contextlib.suppress(Exception):
+                    await self.channel.publish(f"{self._direct_prefix}.{peer}", m.encode(ack))
+
+    # ------------------------------------------------------------------ clock offset
+    def _clock_allows(self, peer: str, changes: list[Change]) -> bool:
+        """Refuse a message whose stamps run further ahead of our clock than allowed.
+
+        Merging such a stamp would let it win over every write we make until our clock
+        catches up (a 120 s fast peer made acknowledged writes vanish). The message is dropped
+        whole, counted, shown in health, and the peer is told so it can report itself.
+        """
+        ahead = m.ahead_ms(changes, wall_ms())
+        if ahead <= self.config.max_clock_offset_ms:
+            return True
+        now = self._clock()
+        self.counters["clock_refused"] += 1
+        first = peer not in self._clock_offenders
+        _remember(self._clock_offenders, peer, (ahead, now))
+        if first:
+            log.warning(
+                "refusing a peer's changes: its clock runs ahead of ours",
+                peer=peer,
+                ahead_ms=ahead,
+                max_clock_offset_ms=self.config.max_clock_offset_ms,
+            )
+        if now - self._clock_notices.get(peer, -CLOCK_NOTICE_INTERVAL) >= CLOCK_NOTICE_INTERVAL:
+            _remember(self._clock_notices, peer, now)
+            notice = m.encode(m.Message(Kind.CLOCK_REFUSED, self.node, ahead_ms=ahead))
+            self.supervisor.run_once(
+                "clock-notice", self.channel.publish(f"{self._direct_prefix}.{peer}", notice)
+            )
+        return False
 
     # ------------------------------------------------------------------ anti-entropy
     async def _anti_entropy_forever(self) -> None:
         while True:
             await self._publish_digest()
-            self._drop_logs = 0
+            self.channel.new_log_period()
+            self.acks.forget(self._live_peers())
             await asyncio.sleep(self.config.heartbeat_secs)
 
     async def _publish_digest(self) -> None:
         digests = self.store.track_digests()
-        body = m.encode(m.Message("dg", self.node, seq=self._seq, digests=digests))
+        body = m.encode(m.Message(Kind.DIGEST, self.node, seq=self._seq, digests=digests))
         with contextlib.suppress(Exception):
-            await self._nc.publish(self._digest_subject, body)
+            await self.channel.publish(self._digest_subject, body)
 
     def _early_round(self) -> None:
         """Publish our digests soon, so peers compare and repair without waiting a period.
@@ -250,12 +396,13 @@ class NatsReplicator:
 
     def _run_early_round(self) -> None:
         self._early_round_pending = False
+        if self._stopping:
+            return
         self._last_early_round = self._clock()
-        self._tasks = [t for t in self._tasks if not t.done()]
-        self._tasks.append(asyncio.create_task(self._publish_digest()))
+        self.supervisor.run_once("early-digest", self._publish_digest())
 
     async def _on_digest(self, msg: Msg) -> None:
-        message = self._decode(msg, "dg")
+        message = self.channel.open(msg, (Kind.DIGEST,))
         if message is None or message.node == self.node or self._replaying:
             return
         peer = message.node
@@ -267,8 +414,7 @@ class NatsReplicator:
             self._early_round()
         elif differing and peer not in self._repairing:
             self._repairing.add(peer)
-            task = asyncio.create_task(self._repair(peer, differing))
-            task.add_done_callback(lambda _: self._repairing.discard(peer))
+            self.supervisor.run_once("repair", self._repair(peer, differing))
         elif not differing:
             self.last_anti_entropy = time.time()
 
@@ -279,27 +425,34 @@ class NatsReplicator:
         the sub-buckets that differ and names them; we merge those and push ours for the same
         sub-buckets. Both sides then hold the union, and only differing sub-buckets travelled.
         """
-        await asyncio.sleep(SETTLE_SECS)
-        self.counters["repairs"] += 1
-        subject = f"{self._direct_prefix}.{peer}"
-        remaining = list(candidates)
-        while remaining:
-            buckets = remaining[: m.MAX_REPAIR_BUCKETS]
-            request = exchange.repair_request(self.store, self.node, buckets)
-            try:
-                reply = await self._nc.request(subject, request, timeout=self._repair_timeout)
-            except Exception as error:
-                log.info("repair with peer interrupted", peer=peer, error=str(error))
-                return
-            answer = self._decode(reply, "rp")
-            if answer is None or not answer.buckets:
-                return  # no progress; the next period tries again
-            self.counters["repair_bytes"] += len(request) + len(reply.data)
-            self._apply_all(answer.changes, "repair_changes_in")
-            await self._push(subject, answer.subs)
-            covered = set(answer.buckets)
-            remaining = [index for index in remaining if index not in covered]
-        self.last_anti_entropy = time.time()
+        try:
+            await asyncio.sleep(SETTLE_SECS)
+            self.counters["repairs"] += 1
+            subject = f"{self._direct_prefix}.{peer}"
+            remaining = list(candidates)
+            while remaining:
+                buckets = remaining[: m.MAX_REPAIR_BUCKETS]
+                request = exchange.repair_request(self.store, self.node, buckets)
+                try:
+                    reply = await self.channel.request(
+                        subject, request, timeout=self._repair_timeout
+                    )
+                except Exception as error:
+                    log.info("repair with peer interrupted", peer=peer, error=str(error))
+                    return
+                answer = self.channel.open(reply, (Kind.REPAIR_REPLY,))
+                if answer is None or answer.node != peer or not answer.buckets:
+                    return  # no progress; the next period tries again
+                if not self._clock_allows(peer, answer.changes):
+                    return
+                self.counters["repair_bytes"] += len(request) + len(reply.data)
+                self._apply_all(answer.changes, "repair_changes_in")
+                await self._push(subject, answer.subs)
+                covered = set(answer.buckets)
+                remaining = [index for index in remaining if index not in covered]
+            self.last_anti_entropy = time.time()
+        finally:
+            self._repairing.discard(peer)
 
     async def _push(self, subject: str, subs: list[int]) -> None:
         """Send our entries of the sub-buckets the peer named (no reply expected)."""
@@ -307,30 +460,44 @@ class NatsReplicator:
             self.counters["repair_changes_out"] += count
             self.counters["repair_bytes"] += len(body)
             with contextlib.suppress(Exception):
-                await self._nc.publish(subject, body)
+                await self.channel.publish(subject, body)
 
     async def _on_direct(self, msg: Msg) -> None:
-        """Messages addressed to this node: repair exchanges and snapshot pulls."""
-        message = self._decode(msg, None)
-        if message is None:
+        """Messages addressed to this node: repairs, snapshot pulls, acks, clock notices."""
+        message = self.channel.open(msg, _DIRECT_KINDS)
+        if message is None or message.node == self.node:
             return
-        if message.type == "pu":
-            self._apply_all(message.changes, "repair_changes_in")
-            return
-        if not msg.reply:
-            return
-        if message.type == "rr":
+        kind = message.type
+        if kind == Kind.REPAIR_PUSH:
+            if self._clock_allows(message.node, message.changes):
+                self._apply_all(message.changes, "repair_changes_in")
+        elif kind == Kind.ACK:
+            self.acks.acked(message.node, message.acks)
+        elif kind == Kind.CLOCK_REFUSED:
+            self._peer_refuses_our_clock(message.node, message.ahead_ms)
+        elif kind == Kind.REPAIR_REQUEST and msg.reply:
             body, count = exchange.repair_reply(self.store, self.node, message)
             self.counters["repair_changes_out"] += count
             self.counters["repair_bytes"] += len(body) + len(msg.data)
-        elif message.type == "sp":
+            with contextlib.suppress(Exception):
+                await self.channel.respond(msg, body)
+        elif kind == Kind.SNAPSHOT_PULL and msg.reply:
             body = exchange.snapshot_chunk(
                 self.store, self.node, message.buckets[0], message.offset
             )
-        else:
-            return
-        with contextlib.suppress(Exception):
-            await self._nc.publish(msg.reply, body)
+            with contextlib.suppress(Exception):
+                await self.channel.respond(msg, body)
+
+    def _peer_refuses_our_clock(self, peer: str, ahead_ms: int) -> None:
+        first = peer not in self._refused_by
+        _remember(self._refused_by, peer, (ahead_ms, self._clock()))
+        if first:
+            log.error(
+                "a peer refuses this instance's writes: our clock runs ahead of it",
+                peer=peer,
+                ahead_ms=ahead_ms,
+                max_clock_offset_ms=self.config.max_clock_offset_ms,
+            )
 
     def _apply_all(self, changes: list[Change], counter: str) -> None:
         for change in changes:
@@ -339,34 +506,49 @@ class NatsReplicator:
 
     # ------------------------------------------------------------------ snapshot replay
     async def _on_snapshot_hello(self, msg: Msg) -> None:
-        message = self._decode(msg, "sr")
+        message = self.channel.open(msg, (Kind.SNAPSHOT_HELLO,))
         if message is None or message.node == self.node or not msg.reply:
             return
-        offer = m.Message("so", self.node, keys=len(self.store))
+        offer = m.Message(Kind.SNAPSHOT_OFFER, self.node, keys=len(self.store))
         with contextlib.suppress(Exception):
-            await self._nc.publish(msg.reply, m.encode(offer))
+            await self.channel.respond(msg, m.encode(offer))
 
     async def _replay(self) -> None:
-        """Pull a snapshot from one peer; with nobody answering, start from what we have."""
+        """Pull a snapshot from one peer; with nobody answering, start from what we have.
+
+        Bounded in time and in chunks: a peer that stalls or loops is abandoned, and
+        anti-entropy brings in whatever the replay did not.
+        """
         started = time.perf_counter()
         # A snapshot creates millions of long-lived, acyclic objects; letting the cyclic garbage
         # collector rescan them as they pile up costs ~40% of replay time. Pause it, then move
         # the loaded state out of its sight for good.
         gc.disable()
         try:
-            hello = m.encode(m.Message("sr", self.node))
+            hello = m.encode(m.Message(Kind.SNAPSHOT_HELLO, self.node))
             try:
-                reply = await self._nc.request(
+                reply = await self.channel.request(
                     self.config.replay_subject, hello, timeout=REPLAY_OFFER_TIMEOUT
                 )
             except (NoRespondersError, NatsTimeoutError):
                 log.info("no peer offered a snapshot; starting from local state")
                 return
-            offer = self._decode(reply, "so")
+            offer = self.channel.open(reply, (Kind.SNAPSHOT_OFFER,))
             if offer is None:
                 return
             log.info("replaying snapshot", peer=offer.node, keys=offer.keys)
-            await self._pull_snapshot(offer.node, offer.keys, started)
+            deadline = min(
+                REPLAY_BASE_DEADLINE_SECS + offer.keys / REPLAY_MIN_KEYS_PER_SEC,
+                REPLAY_MAX_DEADLINE_SECS,
+            )
+            try:
+                await asyncio.wait_for(
+                    self._pull_snapshot(offer.node, offer.keys, started), deadline
+                )
+            except TimeoutError:
+                raise ReplayStalled(f"replay missed its {deadline:.0f} s deadline") from None
+        except ReplayStalled as error:
+            log.warning("snapshot replay abandoned; anti-entropy will fill in", reason=str(error))
         except Exception as error:
             log.warning("snapshot replay incomplete; anti-entropy will fill in", error=str(error))
         finally:
@@ -378,12 +560,21 @@ class NatsReplicator:
     async def _pull_snapshot(self, peer: str, expected: int, started: float) -> None:
         bucket, offset, merged, last_log = 0, 0, 0, started
         subject = f"{self._direct_prefix}.{peer}"
-        while True:
-            pull = m.encode(m.Message("sp", self.node, buckets=[bucket], offset=offset))
-            reply = await self._nc.request(subject, pull, timeout=REQUEST_TIMEOUT)
-            chunk = self._decode(reply, "sc")
-            if chunk is None:
-                return
+        # Every chunk but the last carries at least one key, and keys written meanwhile may
+        # add some: more chunks than this means the peer is not making progress.
+        max_chunks = 2 * expected + BUCKETS + 64
+        for _ in range(max_chunks):
+            if self._stopping:  # a stop that raced with a reply must still end the replay
+                raise asyncio.CancelledError
+            pull = m.encode(
+                m.Message(Kind.SNAPSHOT_PULL, self.node, buckets=[bucket], offset=offset)
+            )
+            reply = await self.channel.request(subject, pull, timeout=REQUEST_TIMEOUT)
+            chunk = self.channel.open(reply, (Kind.SNAPSHOT_CHUNK,))
+            if chunk is None or chunk.node != peer:
+                raise ReplayStalled("the peer sent an invalid snapshot chunk")
+            if not self._clock_allows(peer, chunk.changes):
+                raise ReplayStalled("the peer's snapshot carries stamps from the future")
             for change in chunk.changes:
                 self.store.apply(change)
             merged += len(chunk.changes)
@@ -403,22 +594,46 @@ class NatsReplicator:
                 elapsed = time.perf_counter() - started
                 log.info("replay complete", keys=merged, seconds=round(elapsed, 3))
                 return
-            bucket, offset = chunk.buckets[0], chunk.offset
+            cursor = (chunk.buckets[0], chunk.offset)
+            if not chunk.changes or cursor <= (bucket, offset):
+                raise ReplayStalled("the snapshot cursor did not advance")
+            bucket, offset = cursor
+        raise ReplayStalled(f"more chunks than an offer of {expected} keys needs")
 
     # ------------------------------------------------------------------ health & status
     def health(self) -> ReplicationHealth:
+        now = self._clock()
         if self._down_since is not None:
-            down_for = self._clock() - self._down_since
-            grace = max(MIN_GRACE_SECS, 2 * self.config.heartbeat_secs)
-            if down_for > grace:
+            down_for = now - self._down_since
+            if down_for > health_grace_secs(self.config.heartbeat_secs):
                 return ReplicationHealth(
                     False,
                     f"replication to {redact_url(self.config.nats_url)} down for {down_for:.0f}s; "
-                    "serving local state",
+                    "serving local state, which may be stale",
                 )
-        if self._replaying:
-            return ReplicationHealth(True, "replaying")
-        return ReplicationHealth(True)
+        refusing = _recent(self._refused_by, now)
+        if refusing:
+            peer, (ahead, _) = refusing[0]
+            return ReplicationHealth(
+                False,
+                f"peers refuse this instance's writes: its clock runs {ahead} ms ahead of peer "
+                f"{peer} (MAX_CLOCK_OFFSET_MS={self.config.max_clock_offset_ms}); fix time sync",
+            )
+        crashed = self.supervisor.problem()
+        if crashed:
+            return ReplicationHealth(False, crashed)
+        notes = ["replaying"] if self._replaying else []
+        for peer, (ahead, _) in _recent(self._clock_offenders, now):
+            notes.append(
+                f"refusing changes from peer {peer}: its clock runs {ahead} ms ahead "
+                f"(MAX_CLOCK_OFFSET_MS={self.config.max_clock_offset_ms})"
+            )
+        if self.acks.lagging:
+            notes.append(
+                f"lagging peers {', '.join(sorted(self.acks.lagging))}: writes do not wait for "
+                "them, and they may serve stale reads until they confirm again"
+            )
+        return ReplicationHealth(True, "; ".join(notes) or None)
 
     def status(self) -> dict:
         now = self._clock()
@@ -427,7 +642,11 @@ class NatsReplicator:
             "node": self.node,
             "connected": self._down_since is None,
             "replaying": self._replaying,
+            "write_ack": self.config.write_ack,
             "peers": [p.node for p in self.peers.live(now)],
+            "lagging_peers": sorted(self.acks.lagging),
+            "clock_offenders": [peer for peer, _ in _recent(self._clock_offenders, now)],
+            "refused_by": [peer for peer, _ in _recent(self._refused_by, now)],
             "last_anti_entropy": self.last_anti_entropy,
             "replay_seconds": self.replay_seconds,
             "lag_ms": None if self.lag_ms is None else round(self.lag_ms, 2),
@@ -436,20 +655,8 @@ class NatsReplicator:
         }
 
     # ------------------------------------------------------------------ plumbing
-    def _decode(self, msg: Msg, expected: str | None) -> m.Message | None:
-        try:
-            message = m.decode(msg.data)
-            if expected is not None and message.type != expected:
-                raise m.MessageError(f"expected {expected!r}, got {message.type!r}")
-            return message
-        except m.MessageError as error:
-            self.counters["dropped_messages"] += 1
-            if self._drop_logs < DROP_LOGS_PER_PERIOD:
-                self._drop_logs += 1
-                log.warning("replication message dropped", subject=msg.subject, error=str(error))
-            return None
-
     async def _on_disconnected(self) -> None:
+        self.acks.release_all()  # nothing can be confirmed now: answer the waiting writes
         if self._down_since is None and not self._stopping:
             self._down_since = self._clock()
             log.warning("replication connection lost; serving local state")
@@ -461,5 +668,29 @@ class NatsReplicator:
         self._last_early_round = 0.0
         self._early_round()
 
+    async def _on_closed(self) -> None:
+        self._closed.set()
+
     async def _on_error(self, error: Exception) -> None:
         log.debug("replication connection error", error=str(error))
+
+
+_DIRECT_KINDS = (
+    Kind.REPAIR_PUSH,
+    Kind.REPAIR_REQUEST,
+    Kind.SNAPSHOT_PULL,
+    Kind.ACK,
+    Kind.CLOCK_REFUSED,
+)
+
+
+def _remember(table: dict, key: str, value: object) -> None:
+    """Set ``table[key]``, keeping at most :data:`MAX_CLOCK_OFFENDERS` (oldest go first)."""
+    table.pop(key, None)
+    table[key] = value
+    while len(table) > MAX_CLOCK_OFFENDERS:
+        del table[next(iter(table))]
+
+
+def _recent(table: dict[str, tuple[int, float]], now: float) -> list[tuple[str, tuple[int, float]]]:
+    return [(peer, entry) for peer, entry in table.items() if now - entry[1] <= CLOCK_REPORT_SECS]

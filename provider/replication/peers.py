@@ -44,6 +44,10 @@ class PeerTracker:
         peer.last_seen = now
         return peer, new
 
+    def saw(self, node: str, now: float) -> None:
+        """``node`` is alive (a presence beacon or an ack; no sequence numbers involved)."""
+        self._peer(node, now)
+
     def saw_batch(self, node: str, seq: int, now: float) -> bool:
         """Record batch ``seq`` from ``node``; True when an anti-entropy round should run now.
 

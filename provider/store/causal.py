@@ -66,20 +66,33 @@ class CausalContext:
             self.compact()
 
     def compact(self) -> None:
-        """Move cloud dots that extend the vector contiguously into it; drop covered ones."""
+        """Move cloud dots that extend the vector contiguously into it; drop covered ones.
+
+        O(n log n) in the cloud's size: one sort, then one pass per node. (Moving one dot per
+        pass over the whole cloud was quadratic: 25,000 out-of-order dots from one peer held
+        the event loop for tens of seconds.)
+        """
+        if not self.cloud:
+            return
         vv = self.vv
-        changed = True
-        while changed and self.cloud:
-            changed = False
-            for dot in list(self.cloud):
-                node, n = dot
-                have = vv.get(node, 0)
+        by_node: dict[str, list[int]] = {}
+        for node, n in self.cloud:
+            by_node.setdefault(node, []).append(n)
+        remaining: set[Dot] = set()
+        for node, numbers in by_node.items():
+            numbers.sort()
+            have = vv.get(node, 0)
+            for index, n in enumerate(numbers):
                 if n <= have:
-                    self.cloud.discard(dot)
-                elif n == have + 1:
-                    vv[node] = n
-                    self.cloud.discard(dot)
-                    changed = True
+                    continue
+                if n == have + 1:
+                    have = n
+                    continue
+                remaining.update((node, rest) for rest in numbers[index:])
+                break
+            if have:
+                vv[node] = have
+        self.cloud = remaining
 
     def copy(self) -> CausalContext:
         return CausalContext(dict(self.vv), set(self.cloud))
@@ -87,7 +100,6 @@ class CausalContext:
     @classmethod
     def of(cls, dots: list[Dot] | set[Dot]) -> CausalContext:
         """A context holding exactly ``dots`` (used for deltas)."""
-        ctx = cls()
-        for dot in dots:
-            ctx.add(dot)
+        ctx = cls(cloud=set(dots))
+        ctx.compact()
         return ctx

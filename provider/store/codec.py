@@ -8,15 +8,37 @@ state.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from .causal import CausalContext
-from .entry import Entry, Kind, ListPayload, SetPayload
+from .entry import I64_MAX, I64_MIN, Entry, Kind, ListPayload, SetPayload
 from .store import Change
 
 
 class ChangeDecodeError(ValueError):
     """A change record that does not have the documented shape."""
+
+
+#: Every counter, stamp, generation, deadline and dot number on the wire stays at or below this.
+#: Honest values are far smaller (a stamp is about 2^57 until the year 2500), and the margin
+#: means local arithmetic on an accepted value (a generation + 2, a dot + 1) can never overflow
+#: msgpack's 64 bits: no peer can make a later actor call fail with an internal error.
+MAX_UINT = 2**62
+
+#: Node ids have one format: 16 lower-case hex digits (64 random bits, fresh per process).
+NODE_ID_LENGTH = 16
+_HEX_DIGITS = "0123456789abcdef"
+
+
+def new_node_id() -> str:
+    """A fresh node id for this process (a restarted instance is a new peer)."""
+    return secrets.token_hex(NODE_ID_LENGTH // 2)
+
+
+def is_node_id(value: Any) -> bool:
+    """Whether ``value`` is a node id in the one accepted format."""
+    return isinstance(value, str) and len(value) == NODE_ID_LENGTH and not value.strip(_HEX_DIGITS)
 
 
 def encode_change(change: Change) -> list:
@@ -55,7 +77,8 @@ def decode_change(data: Any) -> Change:
         _check(isinstance(key, str), "key")
         for name, number in (("stamp", stamp), ("gen", gen), ("deadline", deadline)):
             _check(_is_uint(number), name)
-        _check(isinstance(origin, str), "origin")
+        # The empty origin is the birth every replica derives for a key re-created from nothing.
+        _check(origin == "" or is_node_id(origin), "origin")
         kind = Kind(kind)
         if kind == Kind.STRING:
             _check(isinstance(payload, str), "string value")
@@ -68,7 +91,7 @@ def decode_change(data: Any) -> Change:
             decoded = []
             for item in items:
                 item_stamp, node, n, text = item
-                _check(_is_uint(item_stamp) and isinstance(node, str), "list item")
+                _check(_is_uint(item_stamp) and is_node_id(node), "list item")
                 _check(_is_uint(n) and isinstance(text, str), "list item")
                 decoded.append((item_stamp, node, n, text))
             decoded.sort()
@@ -91,8 +114,9 @@ def decode_change(data: Any) -> Change:
             decoded_counts = {}
             for node, pair in counts.items():
                 count, total = pair
-                _check(isinstance(node, str) and _is_uint(count), "counts")
+                _check(is_node_id(node) and _is_uint(count), "counts")
                 _check(isinstance(total, int) and not isinstance(total, bool), "counts")
+                _check(I64_MIN <= total <= I64_MAX, "counts")
                 decoded_counts[node] = (count, total)
             _check(kind == Kind.STRING, "counts on a non-string")
         entry = Entry((stamp, origin, gen), kind, value, deadline, decoded_counts or None)
@@ -107,7 +131,7 @@ def _decode_ctx(vv: Any, cloud: Any) -> CausalContext:
     _check(isinstance(vv, dict), "version vector")
     for node, n in vv.items():
         # n == 0 means "nothing seen", which the vector never stores: keeps the form canonical.
-        _check(isinstance(node, str) and _is_uint(n) and n > 0, "version vector")
+        _check(is_node_id(node) and _is_uint(n) and n > 0, "version vector")
     ctx = CausalContext(dict(vv), {_dot(dot) for dot in cloud})
     ctx.compact()
     return ctx
@@ -115,7 +139,7 @@ def _decode_ctx(vv: Any, cloud: Any) -> CausalContext:
 
 def _dot(data: Any) -> tuple[str, int]:
     node, n = data
-    _check(isinstance(node, str) and _is_uint(n), "dot")
+    _check(is_node_id(node) and _is_uint(n), "dot")
     return (node, n)
 
 
@@ -125,7 +149,7 @@ def _str(value: Any) -> str:
 
 
 def _is_uint(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_UINT
 
 
 def _check(condition: bool, what: str) -> None:

@@ -12,6 +12,8 @@ Put it between a NATS client and nats-server, then switch fault modes while traf
   This is what a short real partition looks like (TCP retransmits), and it builds TCP
   backpressure on both ends.
 * ``drop(probability, seed)`` - drop a fraction of the messages the server delivers.
+* ``latency(seconds)`` - delay every byte by ``seconds`` each way, order kept (on top of any
+  mode): a link between two zones instead of loopback.
 
 Why the proxy understands the NATS protocol
 -------------------------------------------
@@ -131,6 +133,7 @@ class FaultProxy:
         self.forwarded = 0
         self.dropped = 0
         self.discarded = 0
+        self._latency = 0.0
         self._drop_probability = 0.0
         self._drop_prefix: bytes | None = None
         self._rng = random.Random()
@@ -218,6 +221,16 @@ class FaultProxy:
 
         self._call(configure())
 
+    def latency(self, seconds: float) -> None:
+        """Delay every frame by ``seconds`` in each direction, keeping order; 0 turns it off."""
+        if seconds < 0:
+            raise ValueError("latency must not be negative")
+
+        async def configure() -> None:
+            self._latency = seconds
+
+        self._call(configure())
+
     # -- internals (run on the proxy loop) ----------------------------------------------------
 
     def _call(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -301,25 +314,43 @@ class FaultProxy:
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, to_client: bool
     ) -> None:
         splitter = FrameSplitter()
-        while True:
-            try:
-                data = await reader.read(READ_SIZE)
-            except OSError:
-                return
-            if not data:
-                return
-            assert self._flowing is not None
-            await self._flowing.wait()  # stall: hold this chunk, and stop reading more
-            out = bytearray()
-            for frame in splitter.feed(data):
-                if self._passes(frame, to_client):
-                    out += frame.data
-            if out:
-                writer.write(out)
+        loop = asyncio.get_running_loop()
+        outgoing: asyncio.Queue[tuple[float, bytes]] = asyncio.Queue()
+        sender = asyncio.ensure_future(self._deliver(outgoing, writer))
+        try:
+            while not sender.done():
                 try:
-                    await writer.drain()
+                    data = await reader.read(READ_SIZE)
                 except OSError:
                     return
+                if not data:
+                    return
+                assert self._flowing is not None
+                await self._flowing.wait()  # stall: hold this chunk, and stop reading more
+                out = bytearray()
+                for frame in splitter.feed(data):
+                    if self._passes(frame, to_client):
+                        out += frame.data
+                if out:
+                    outgoing.put_nowait((loop.time() + self._latency, bytes(out)))
+        finally:
+            sender.cancel()
+
+    async def _deliver(
+        self, outgoing: asyncio.Queue[tuple[float, bytes]], writer: asyncio.StreamWriter
+    ) -> None:
+        """Write each chunk once its delivery time has come (in order: one queue per way)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due, data = await outgoing.get()
+            wait = due - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            writer.write(data)
+            try:
+                await writer.drain()
+            except OSError:
+                return
 
     def _passes(self, frame: Frame, to_client: bool) -> bool:
         mode = self.mode

@@ -432,6 +432,7 @@ async def test_late_joiner_logs_replay_progress(
         lattice="lat-late",
         link_values=values,
         structured_logging=True,
+        keys=a.keys,  # one lattice: the same cluster key signs and is trusted
     )
     try:
         await a.start()

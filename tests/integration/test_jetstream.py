@@ -27,7 +27,9 @@ from nats.js import api
 
 from contract.client import KeyValueError
 from provider.replication.jetstream import decode_record, key_token
+from provider.replication.signing import HEADER_BYTES
 from provider.store import KeyValueStore
+from provider.store.codec import new_node_id
 from tests.harness.natsserver import NatsCluster, NatsServer
 from tests.harness.processes import ProviderProcess, wait_for
 from tests.harness.replicas import Replica, ReplicaSet, gather_limited, wait_converged
@@ -106,14 +108,14 @@ async def stream_state(
     manager: nats.js.JetStreamManager, prefix: str, keys: list[str]
 ) -> KeyValueStore:
     """A scratch store holding exactly what the stream says about ``keys``."""
-    store = KeyValueStore(node_id="reader")
+    store = KeyValueStore(node_id=new_node_id())
     for key in keys:
         subject = f"lc.{prefix}.{key_token(key)}"
         try:
             raw = await manager.get_last_msg(stream_name(prefix), subject)
         except nats.js.errors.NotFoundError:
             continue
-        change = decode_record(raw.data)
+        change = decode_record(raw.data[HEADER_BYTES:])  # the signature is the providers' business
         assert change.key == key, f"{subject} holds key {change.key!r}, not {key!r}"
         store.apply(change)
     return store

@@ -18,6 +18,7 @@ from provider.replication.jetstream import (
     MAX_TOKEN_CHARS,
     _covers,
     decode_record,
+    decode_record_and_writer,
     encode_record,
     key_token,
     stream_settings,
@@ -119,7 +120,7 @@ def test_short_tokens_decode_back(key: str) -> None:
 
 
 def build_changes() -> list[Change]:
-    store = KeyValueStore("node-a", now_ms=lambda: 1_700_000_000_000)
+    store = KeyValueStore("00000000000000aa", now_ms=lambda: 1_700_000_000_000)
     changes = [
         store.set("plain", "v"),
         store.set("ttl", "v", expires=9),
@@ -143,10 +144,10 @@ def test_record_round_trip(change: Change) -> None:
     assert encode_record(back) == data
 
 
-@pytest.mark.parametrize("version", [0, 2, None, "1", [1], 1.5, -1])
+@pytest.mark.parametrize("version", [0, 1, 3, None, "2", [2], 2.5, -1])
 def test_other_record_formats_are_rejected(version: object) -> None:
     change = build_changes()[0]
-    data = msgpack.packb([version, encode_change(change)], use_bin_type=True)
+    data = msgpack.packb([version, encode_change(change), ""], use_bin_type=True)
     with pytest.raises(ChangeDecodeError, match="format"):
         decode_record(data)
 
@@ -164,10 +165,11 @@ def test_other_record_formats_are_rejected(version: object) -> None:
         msgpack.packb([1, 2, 3]),
         msgpack.packb({"a": 1}),
         msgpack.packb([1, None]),
-        msgpack.packb([1, ["k", 1, "o", 0, 99, 0, None, None]]),
-        msgpack.packb([1, "not a change"]),
-        encode_record(Change("k", KeyValueStore("a").set("k", "v").entry)) + b"\x00",
-        encode_record(Change("k", KeyValueStore("a").set("k", "v").entry))[:-1],
+        msgpack.packb([2, ["k", 1, "o", 0, 99, 0, None, None], ""]),
+        msgpack.packb([2, "not a change", ""]),
+        msgpack.packb([2, None]),
+        encode_record(Change("k", KeyValueStore("000000000000000a").set("k", "v").entry)) + b"\x00",
+        encode_record(Change("k", KeyValueStore("000000000000000a").set("k", "v").entry))[:-1],
     ],
 )
 def test_garbage_records_are_rejected(data: bytes) -> None:
@@ -268,3 +270,13 @@ def test_covers_wildcard_patterns(pattern: str) -> None:
 )
 def test_covers_rejects_narrower_or_other_patterns(pattern: str) -> None:
     assert not _covers(pattern, "lc.p.>")
+
+
+def test_a_record_names_its_writer_only_in_the_one_node_id_format() -> None:
+    change = Change("k", KeyValueStore("000000000000000a").set("k", "v").entry)
+    assert decode_record_and_writer(encode_record(change, "00000000000000ab"))[1] == (
+        "00000000000000ab"
+    )
+    for bogus in ("", "n" * 5000, "ghost", 7):
+        data = msgpack.packb([2, encode_change(change), bogus], use_bin_type=True)
+        assert decode_record_and_writer(data)[1] == ""

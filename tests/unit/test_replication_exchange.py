@@ -20,13 +20,13 @@ def filled(node: str, keys: range, value: str = "v") -> KeyValueStore:
 
 
 def test_snapshot_chunks_cover_everything_in_bounded_messages() -> None:
-    source = filled("a", range(20_000))
+    source = filled("000000000000000a", range(20_000))
     source.list_add("list", "x")
     source.set_add("set", "m")
-    joiner = KeyValueStore("b")
+    joiner = KeyValueStore("000000000000000b")
     bucket, offset, chunks = 0, 0, 0
     while True:
-        data = exchange.snapshot_chunk(source, "a", bucket, offset)
+        data = exchange.snapshot_chunk(source, "000000000000000a", bucket, offset)
         assert len(data) <= m.MAX_MESSAGE_BYTES
         chunk = m.decode(data)
         for change in chunk.changes:
@@ -40,7 +40,7 @@ def test_snapshot_chunks_cover_everything_in_bounded_messages() -> None:
 
 
 def test_repair_exchange_makes_both_sides_equal_and_sends_only_what_differs() -> None:
-    a, b = filled("a", range(5000)), KeyValueStore("b")
+    a, b = filled("000000000000000a", range(5000)), KeyValueStore("000000000000000b")
     for key, entry in a.items():  # b has everything a has ...
         b.apply(Change(key, entry))
     a.track_digests()
@@ -50,13 +50,13 @@ def test_repair_exchange_makes_both_sides_equal_and_sends_only_what_differs() ->
     differing = [i for i in range(BUCKETS) if a.track_digests()[i] != b.track_digests()[i]]
     assert 1 <= len(differing) <= 2
 
-    request = m.decode(exchange.repair_request(b, "b", differing))
-    reply_data, sent = exchange.repair_reply(a, "a", request)
+    request = m.decode(exchange.repair_request(b, "000000000000000b", differing))
+    reply_data, sent = exchange.repair_reply(a, "000000000000000a", request)
     reply = m.decode(reply_data)
     assert sent <= 2 and set(reply.buckets) == set(differing)
     for change in reply.changes:
         b.apply(change)
-    for body, _count in exchange.repair_pushes(b, "b", reply.subs):
+    for body, _count in exchange.repair_pushes(b, "000000000000000b", reply.subs):
         for change in m.decode(body).changes:
             a.apply(change)
     assert state(a) == state(b)

@@ -35,12 +35,12 @@ from provider.store.entry import canonical
 from tests.harness.strategies import msgpack_values
 
 START_MS = 1_700_000_000_000
-TYPES = ("ch", "dg", "rr", "rp", "pu", "sr", "so", "sp", "sc")
+TYPES = ("ch", "dg", "rr", "rp", "pu", "sr", "so", "sp", "sc", "ak", "ck")
 
 
 def build_changes() -> list[Change]:
     """Changes of every kind, as a store produces them, plus full-state copies."""
-    store = KeyValueStore("node-a", now_ms=lambda: START_MS)
+    store = KeyValueStore("00000000000000aa", now_ms=lambda: START_MS)
     changes = [
         store.set("plain", "hello"),
         store.set("ttl", "v", expires=30),
@@ -72,18 +72,20 @@ def raw(body: dict[Any, Any]) -> bytes:
 
 def valid_body(t: str) -> dict[str, Any]:
     """A minimal well-formed body of each type, as plain data (to corrupt field by field)."""
-    body: dict[str, Any] = {"f": FORMAT, "t": t, "n": "node-a"}
+    body: dict[str, Any] = {"f": FORMAT, "t": t, "n": "00000000000000aa"}
     packed = b"".join(pack_change(c) for c in CHANGES[:3])
     extra: dict[str, dict[str, Any]] = {
         "ch": {"s": 3, "c": packed, "w": 1234},
         "dg": {"s": 3, "d": bytes(8 * BUCKETS)},
-        "rr": {"b": [1, 2], "d": [{0: 7, 63: 2**64 - 1}, {}]},
+        "rr": {"b": [1, 2], "m": [{0: 7, 63: 2**64 - 1}, {}]},
         "rp": {"b": [1, 2], "x": [1 * SUB_BUCKETS + 3, 2 * SUB_BUCKETS], "c": packed},
         "pu": {"c": packed},
         "sr": {},
         "so": {"k": 10},
-        "sp": {"b": 5, "o": 2},
-        "sc": {"c": packed, "b": 5, "o": 2, "e": False},
+        "sp": {"u": 5, "o": 2},
+        "sc": {"c": packed, "u": 5, "o": 2, "e": False},
+        "ak": {"a": [1, 2, 7]},
+        "ck": {"h": 1200},
     }
     body.update(extra[t])
     return body
@@ -105,10 +107,15 @@ def test_every_valid_body_decodes() -> None:
 
 
 def test_change_batch_round_trip() -> None:
-    message = Message("ch", "node-a", seq=42, changes=CHANGES, sent_ms=START_MS)
+    message = Message("ch", "00000000000000aa", seq=42, changes=CHANGES, sent_ms=START_MS)
     data = encode(message)
     back = decode(data)
-    assert (back.type, back.node, back.seq, back.sent_ms) == ("ch", "node-a", 42, START_MS)
+    assert (back.type, back.node, back.seq, back.sent_ms) == (
+        "ch",
+        "00000000000000aa",
+        42,
+        START_MS,
+    )
     assert plain(back.changes) == plain(CHANGES)
     # pre-packed changes give the same bytes
     assert encode(message, b"".join(pack_change(c) for c in CHANGES)) == data
@@ -127,8 +134,8 @@ def test_digest_round_trip() -> None:
     rng = random.Random(7)
     digests = [rng.getrandbits(64) for _ in range(BUCKETS)]
     digests[0], digests[-1] = 0, 2**64 - 1
-    back = decode(encode(Message("dg", "node-b", seq=9, digests=digests)))
-    assert (back.type, back.node, back.seq) == ("dg", "node-b", 9)
+    back = decode(encode(Message("dg", "00000000000000bb", seq=9, digests=digests)))
+    assert (back.type, back.node, back.seq) == ("dg", "00000000000000bb", 9)
     assert back.digests == digests
     assert len(back.digests) == BUCKETS
 
@@ -136,52 +143,59 @@ def test_digest_round_trip() -> None:
 def test_repair_request_round_trip() -> None:
     buckets = [0, 5, 17, BUCKETS - 1]
     sparse = [{0: 1}, {}, {63: 2**64 - 1, 1: 5}, {s: s + 1 for s in range(SUB_BUCKETS)}]
-    back = decode(encode(Message("rr", "node-c", buckets=buckets, sub_digests=sparse)))
-    assert (back.type, back.node, back.buckets) == ("rr", "node-c", buckets)
+    back = decode(encode(Message("rr", "00000000000000cc", buckets=buckets, sub_digests=sparse)))
+    assert (back.type, back.node, back.buckets) == ("rr", "00000000000000cc", buckets)
     assert back.sub_digests == sparse
-    empty = decode(encode(Message("rr", "node-c")))
+    empty = decode(encode(Message("rr", "00000000000000cc")))
     assert (empty.buckets, empty.sub_digests) == ([], [])
 
 
 def test_repair_request_bounds_its_bucket_count() -> None:
     body = valid_body("rr")
     body["b"] = list(range(MAX_REPAIR_BUCKETS + 1))
-    body["d"] = [{}] * (MAX_REPAIR_BUCKETS + 1)
+    body["m"] = [{}] * (MAX_REPAIR_BUCKETS + 1)
     assert "at most" in str(raises_message_error(raw(body)))
 
 
 def test_repair_reply_and_push_round_trip() -> None:
     subs = [0, 5 * SUB_BUCKETS + 63, BUCKETS * SUB_BUCKETS - 1]
-    back = decode(encode(Message("rp", "node-c", buckets=[0, 5], subs=subs, changes=CHANGES)))
+    back = decode(
+        encode(Message("rp", "00000000000000cc", buckets=[0, 5], subs=subs, changes=CHANGES))
+    )
     assert (back.type, back.buckets, back.subs) == ("rp", [0, 5], subs)
     assert plain(back.changes) == plain(CHANGES)
-    push = decode(encode(Message("pu", "node-c", changes=CHANGES)))
+    push = decode(encode(Message("pu", "00000000000000cc", changes=CHANGES)))
     assert (push.type, plain(push.changes)) == ("pu", plain(CHANGES))
 
 
 def test_snapshot_hello_round_trip() -> None:
-    back = decode(encode(Message("sr", "node-d")))
-    assert (back.type, back.node, back.changes, back.buckets) == ("sr", "node-d", [], [])
+    back = decode(encode(Message("sr", "00000000000000dd")))
+    assert (back.type, back.node, back.changes, back.buckets) == ("sr", "00000000000000dd", [], [])
 
 
 def test_snapshot_offer_round_trip() -> None:
-    back = decode(encode(Message("so", "node-e", keys=123_456)))
-    assert (back.type, back.node, back.keys) == ("so", "node-e", 123_456)
+    back = decode(encode(Message("so", "00000000000000ee", keys=123_456)))
+    assert (back.type, back.node, back.keys) == ("so", "00000000000000ee", 123_456)
 
 
 def test_snapshot_pull_round_trip() -> None:
-    back = decode(encode(Message("sp", "node-f", buckets=[BUCKETS - 1], offset=77)))
-    assert (back.type, back.node, back.buckets, back.offset) == ("sp", "node-f", [1023], 77)
-    first = decode(encode(Message("sp", "node-f")))  # no cursor: from the start
+    back = decode(encode(Message("sp", "00000000000000ff", buckets=[BUCKETS - 1], offset=77)))
+    assert (back.type, back.node, back.buckets, back.offset) == (
+        "sp",
+        "00000000000000ff",
+        [1023],
+        77,
+    )
+    first = decode(encode(Message("sp", "00000000000000ff")))  # no cursor: from the start
     assert (first.buckets, first.offset) == ([0], 0)
 
 
 def test_snapshot_chunk_round_trip() -> None:
-    chunk = Message("sc", "node-g", changes=CHANGES, buckets=[12], offset=3, end=False)
+    chunk = Message("sc", "000000000000000e", changes=CHANGES, buckets=[12], offset=3, end=False)
     back = decode(encode(chunk))
     assert (back.type, back.node, back.buckets, back.offset, back.end) == (
         "sc",
-        "node-g",
+        "000000000000000e",
         [12],
         3,
         False,
@@ -191,7 +205,9 @@ def test_snapshot_chunk_round_trip() -> None:
 
 def test_final_snapshot_chunk_round_trip() -> None:
     # The provider ends a snapshot with the cursor one past the last bucket; it is not decoded.
-    chunk = Message("sc", "node-g", changes=CHANGES[:2], buckets=[BUCKETS], offset=0, end=True)
+    chunk = Message(
+        "sc", "000000000000000e", changes=CHANGES[:2], buckets=[BUCKETS], offset=0, end=True
+    )
     back = decode(encode(chunk))
     assert back.end is True
     assert back.buckets == [0]
@@ -201,7 +217,7 @@ def test_final_snapshot_chunk_round_trip() -> None:
 # ---------------------------------------------------------------------------- rejections
 
 
-@pytest.mark.parametrize("version", [0, 2, -1, 2**32, None, "1", b"\x01", [1], 1.5])
+@pytest.mark.parametrize("version", [0, 1, 3, -1, 2**32, None, "2", b"\x02", [2], 2.5])
 def test_other_format_versions_are_rejected(version: Any) -> None:
     for t in TYPES:
         body = valid_body(t)
@@ -236,7 +252,7 @@ def test_non_maps_and_corrupt_bytes_are_rejected(data: bytes) -> None:
     raises_message_error(data)
 
 
-UINT_BAD = [-1, "1", 1.5, 1.0, True, False, None, b"1", [1], {"a": 1}]
+UINT_BAD = [-1, "1", 1.5, 1.0, True, False, None, b"1", [1], {"a": 1}, 2**62 + 1, 2**64 - 1]
 BUCKET_BAD = [*UINT_BAD, BUCKETS, BUCKETS + 1, 2**64 - 1]
 _packed = pack_change(CHANGES[0])
 CHANGES_BAD = [
@@ -259,15 +275,18 @@ WRONG_FIELDS = (
     + [("ch", "w", v) for v in UINT_BAD]
     + [(t, "c", v) for t in ("ch", "rp", "pu", "sc") for v in CHANGES_BAD]
     + [
-        ("rr", "d", v)
+        ("rr", "m", v)
         for v in (b"", "x", None, [{}], [{}, {}, {}], [{}, []], [{64: 1}, {}], [{0: -1}, {}])
     ]
-    + [("rr", "d", v) for v in ([{"0": 1}, {}], [{0: True}, {}], [{0: 1.5}, {}])]
+    + [("rr", "m", v) for v in ([{"0": 1}, {}], [{0: True}, {}], [{0: 1.5}, {}])]
     + [("rp", "x", v) for v in (5, None, "1", [-1], [BUCKETS * SUB_BUCKETS], [True], [1.0])]
     + [("dg", "d", v) for v in DIGESTS_BAD]
     + [(t, "b", v) for t in ("rr", "rp") for v in (5, "1", None, b"\x01", {"a": 1}, True)]
     + [(t, "b", [1, v]) for t in ("rr", "rp") for v in BUCKET_BAD]
-    + [(t, "b", v) for t in ("sp", "sc") for v in BUCKET_BAD]
+    + [(t, "u", v) for t in ("sp", "sc") for v in BUCKET_BAD]
+    + [("ak", "a", v) for v in (5, None, "1", [-1], [True], [1.0], list(range(257)))]
+    + [("ck", "h", v) for v in UINT_BAD]
+    + [("ch", "q", v) for v in (1, 0, "yes", None)]
     + [(t, "o", v) for t in ("sp", "sc") for v in UINT_BAD]
     + [("sc", "e", v) for v in (1, 0, "yes", "", None, [], b"\x01", 1.0)]
     + [("so", "k", v) for v in UINT_BAD]
@@ -284,12 +303,14 @@ def test_wrong_field_types_are_rejected(t: str, field: str, value: Any) -> None:
 REQUIRED = {
     "ch": ["s", "c"],
     "dg": ["s", "d"],
-    "rr": ["b", "d"],
+    "rr": ["b", "m"],
     "rp": ["b", "x", "c"],
     "pu": ["c"],
     "so": ["k"],
-    "sp": ["b", "o"],
-    "sc": ["c", "b", "o", "e"],
+    "sp": ["u", "o"],
+    "sc": ["c", "u", "o", "e"],
+    "ak": ["a"],
+    "ck": ["h"],
 }
 
 
@@ -304,18 +325,19 @@ def test_missing_fields_are_rejected(t: str, field: str) -> None:
 @pytest.mark.parametrize("t", ["rr", "rp", "sp", "sc"])
 def test_bucket_ids_must_be_below_bucket_count(t: str) -> None:
     last = valid_body(t)
-    last["b"] = [BUCKETS - 1] if t in ("rr", "rp") else BUCKETS - 1
+    name = "b" if t in ("rr", "rp") else "u"
+    last[name] = [BUCKETS - 1] if t in ("rr", "rp") else BUCKETS - 1
     if t == "rr":  # one bucket named: one bucket's sub-digests
-        last["d"] = [{}]
+        last["m"] = [{}]
     assert decode(raw(last)).buckets == [BUCKETS - 1]
     over = dict(last)
-    over["b"] = [BUCKETS] if t in ("rr", "rp") else BUCKETS
+    over[name] = [BUCKETS] if t in ("rr", "rp") else BUCKETS
     assert "out of range" in str(raises_message_error(raw(over)))
 
 
 def test_final_chunk_cursor_is_not_checked() -> None:
     body = valid_body("sc")
-    body.update(e=True, b=BUCKETS)
+    body.update(e=True, u=BUCKETS)
     assert decode(raw(body)).buckets == [0]
 
 
@@ -348,13 +370,18 @@ def test_oversized_input_is_rejected_before_parsing() -> None:
     limit = MAX_MESSAGE_BYTES + 64 * 1024
     error = raises_message_error(b"\xc1" * (limit + 1))
     assert "over the limit" in str(error)
-    big = Message("ch", "a", seq=1, changes=[KeyValueStore("a").set("k", "x" * (limit + 10))])
+    big = Message(
+        "ch",
+        "000000000000000a",
+        seq=1,
+        changes=[KeyValueStore("000000000000000a").set("k", "x" * (limit + 10))],
+    )
     raises_message_error(encode(big))
 
 
 def test_largest_allowed_message_decodes() -> None:
-    change = KeyValueStore("a").set("k", "x" * (MAX_MESSAGE_BYTES - 1024))
-    data = encode(Message("ch", "a", seq=1, changes=[change]))
+    change = KeyValueStore("000000000000000a").set("k", "x" * (MAX_MESSAGE_BYTES - 1024))
+    data = encode(Message("ch", "000000000000000a", seq=1, changes=[change]))
     assert MAX_MESSAGE_BYTES - 1024 < len(data) <= MAX_MESSAGE_BYTES
     assert decode(data).changes[0].entry.value == change.entry.value
 
@@ -394,7 +421,7 @@ def test_batch_feeds_encode() -> None:
         assert batch.fits(packed)
         batch.add(packed)
     assert batch.count == len(CHANGES)
-    back = decode(encode(Message("sc", "a", buckets=[3], offset=1), batch.take()))
+    back = decode(encode(Message("sc", "000000000000000a", buckets=[3], offset=1), batch.take()))
     assert plain(back.changes) == plain(CHANGES)
 
 
@@ -475,16 +502,20 @@ def test_random_top_level_values_raise_only_message_error(t: str, value: Any) ->
 
 
 SAMPLES = [
-    encode(Message("ch", "a", seq=1, changes=CHANGES[:4], sent_ms=5)),
-    encode(Message("dg", "a", seq=2, digests=list(range(BUCKETS)))),
-    encode(Message("rr", "a", buckets=[1, 2], sub_digests=[{0: 9, 5: 7}, {}])),
-    encode(Message("rp", "a", buckets=[3], subs=[3 * SUB_BUCKETS + 1], changes=CHANGES[8:])),
-    encode(Message("pu", "a", changes=CHANGES[4:8])),
-    encode(Message("sr", "a")),
-    encode(Message("so", "a", keys=3)),
-    encode(Message("sp", "a", buckets=[4], offset=5)),
-    encode(Message("sc", "a", buckets=[6], offset=7, changes=CHANGES[:3])),
-    encode(Message("sc", "a", buckets=[BUCKETS], end=True, changes=CHANGES[3:6])),
+    encode(Message("ch", "000000000000000a", seq=1, changes=CHANGES[:4], sent_ms=5)),
+    encode(Message("dg", "000000000000000a", seq=2, digests=list(range(BUCKETS)))),
+    encode(Message("rr", "000000000000000a", buckets=[1, 2], sub_digests=[{0: 9, 5: 7}, {}])),
+    encode(
+        Message(
+            "rp", "000000000000000a", buckets=[3], subs=[3 * SUB_BUCKETS + 1], changes=CHANGES[8:]
+        )
+    ),
+    encode(Message("pu", "000000000000000a", changes=CHANGES[4:8])),
+    encode(Message("sr", "000000000000000a")),
+    encode(Message("so", "000000000000000a", keys=3)),
+    encode(Message("sp", "000000000000000a", buckets=[4], offset=5)),
+    encode(Message("sc", "000000000000000a", buckets=[6], offset=7, changes=CHANGES[:3])),
+    encode(Message("sc", "000000000000000a", buckets=[BUCKETS], end=True, changes=CHANGES[3:6])),
 ]
 
 

@@ -64,8 +64,8 @@ def test_drift_guard_refuses_a_stamp_too_far_ahead() -> None:
 def test_a_write_after_applying_a_peers_later_write_wins_everywhere() -> None:
     """B's wall clock is 10 s behind A's. B applies A's write, then writes: B's write is
     causally later, so it must win on both replicas."""
-    a = KeyValueStore("node-a", now_ms=FakeClock(START_MS + 10_000))
-    b = KeyValueStore("node-b", now_ms=FakeClock(START_MS))
+    a = KeyValueStore("00000000000000aa", now_ms=FakeClock(START_MS + 10_000))
+    b = KeyValueStore("00000000000000bb", now_ms=FakeClock(START_MS))
     from_a = a.set("k", "from-a")
     b.apply(from_a)
     from_b = b.set("k", "from-b")
@@ -75,8 +75,8 @@ def test_a_write_after_applying_a_peers_later_write_wins_everywhere() -> None:
 
 
 def test_a_delete_after_applying_a_peers_later_write_wins_everywhere() -> None:
-    a = KeyValueStore("node-a", now_ms=FakeClock(START_MS + 10_000))
-    b = KeyValueStore("node-b", now_ms=FakeClock(START_MS))
+    a = KeyValueStore("00000000000000aa", now_ms=FakeClock(START_MS + 10_000))
+    b = KeyValueStore("00000000000000bb", now_ms=FakeClock(START_MS))
     b.tombstone_absent_keys = a.tombstone_absent_keys = True
     b.apply(a.set("k", "from-a"))
     deleted, change = b.delete("k")

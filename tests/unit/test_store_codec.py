@@ -40,8 +40,8 @@ def packed(record: Any) -> Any:
 def build_corpus() -> list[Change]:
     """Changes of every kind, deltas and full states, including an out-of-order context."""
     clock = FakeClock()
-    a = KeyValueStore("n0", now_ms=clock)
-    b = KeyValueStore("n1", now_ms=clock)
+    a = KeyValueStore("0000000000000000", now_ms=clock)
+    b = KeyValueStore("0000000000000001", now_ms=clock)
     changes: list[Change] = [
         a.set("plain", "hello"),
         a.set("ttl", "v", expires=30),
@@ -94,8 +94,8 @@ def test_round_trip(index: int) -> None:
 @pytest.mark.parametrize("index", range(len(CORPUS)))
 def test_a_decoded_change_applies_like_the_original(index: int) -> None:
     change = CORPUS[index]
-    direct = KeyValueStore("r", now_ms=FakeClock())
-    wired = KeyValueStore("r", now_ms=FakeClock())
+    direct = KeyValueStore("00000000000000ee", now_ms=FakeClock())
+    wired = KeyValueStore("00000000000000ee", now_ms=FakeClock())
     direct.apply(change)
     wired.apply(decode_change(packed(encode_change(change))))
     assert [(k, canonical(e)) for k, e in direct.items()] == [
@@ -111,12 +111,16 @@ def test_decode_sorts_list_items_and_compacts_the_context() -> None:
         1,
         int(Kind.LIST),
         0,
-        [[[9, "n1", 1, "late"], [3, "n0", 1, "early"]], {"n0": 1}, [["n1", 1], ["n0", 1]]],
+        [
+            [[9, "0000000000000001", 1, "late"], [3, "0000000000000000", 1, "early"]],
+            {"0000000000000000": 1},
+            [["0000000000000001", 1], ["0000000000000000", 1]],
+        ],
         None,
     ]
     change = decode_change(record)
     assert change.entry.value.values() == ["early", "late"]
-    assert change.entry.value.ctx.vv == {"n0": 1, "n1": 1}
+    assert change.entry.value.ctx.vv == {"0000000000000000": 1, "0000000000000001": 1}
     assert change.entry.value.ctx.cloud == set()
 
 
@@ -130,33 +134,105 @@ def test_decode_error_is_a_value_error() -> None:
         None,
         [],
         "12345678",
-        ["k", 1, "n0", 0, 1, 0, "v"],  # seven fields
-        ["k", 1, "n0", 0, 1, 0, "v", None, None],  # nine fields
-        [1, 1, "n0", 0, 1, 0, "v", None],  # key not a string
-        ["k", -1, "n0", 0, 1, 0, "v", None],  # negative stamp
-        ["k", True, "n0", 0, 1, 0, "v", None],  # bool stamp
-        ["k", 1.0, "n0", 0, 1, 0, "v", None],  # float stamp
-        ["k", 1, b"n0", 0, 1, 0, "v", None],  # bytes origin
-        ["k", 1, "n0", 0, 9, 0, "v", None],  # unknown kind
-        ["k", 1, "n0", 0, 1, 0, b"v", None],  # bytes value
-        ["k", 1, "n0", 0, 0, 0, "v", None],  # tombstone with a payload
-        ["k", 1, "n0", 0, 1, 0, "5", {"n0": [1]}],  # short counts pair
-        ["k", 1, "n0", 0, 1, 0, "5", {"n0": [-1, 2]}],  # negative count
-        ["k", 1, "n0", 0, 1, 0, "5", [["n0", 1, 2]]],  # counts not a map
-        ["k", 1, "n0", 0, 2, 0, [[], {}, []], {"n0": [1, 2]}],  # counts on a list
-        ["k", 1, "n0", 0, 2, 0, [[], {}], None],  # list payload too short
-        ["k", 1, "n0", 0, 2, 0, [[[1, "n0", 1]], {}, []], None],  # item too short
-        ["k", 1, "n0", 0, 2, 0, [[], {"n0": -1}, []], None],  # negative vector entry
-        ["k", 1, "n0", 0, 2, 0, [[], {}, [["n0"]]], None],  # short cloud dot
-        ["k", 1, "n0", 0, 3, 0, [[["m", [["n0", 1]]]], {}, []], None],  # members not a map
-        ["k", 1, "n0", 0, 3, 0, [{"m": [["n0", "1"]]}, {}, []], None],  # bad dot
-        ["k", 1, "n0", 0, 3, 0, [{"m": 5}, {}, []], None],  # dots not a list
+        ["k", 1, "0000000000000000", 0, 1, 0, "v"],  # seven fields
+        ["k", 1, "0000000000000000", 0, 1, 0, "v", None, None],  # nine fields
+        [1, 1, "0000000000000000", 0, 1, 0, "v", None],  # key not a string
+        ["k", -1, "0000000000000000", 0, 1, 0, "v", None],  # negative stamp
+        ["k", True, "0000000000000000", 0, 1, 0, "v", None],  # bool stamp
+        ["k", 1.0, "0000000000000000", 0, 1, 0, "v", None],  # float stamp
+        ["k", 1, b"0000000000000000", 0, 1, 0, "v", None],  # bytes origin
+        ["k", 1, "0000000000000000", 0, 9, 0, "v", None],  # unknown kind
+        ["k", 1, "0000000000000000", 0, 1, 0, b"v", None],  # bytes value
+        ["k", 1, "0000000000000000", 0, 0, 0, "v", None],  # tombstone with a payload
+        ["k", 1, "0000000000000000", 0, 1, 0, "5", {"0000000000000000": [1]}],  # short counts pair
+        ["k", 1, "0000000000000000", 0, 1, 0, "5", {"0000000000000000": [-1, 2]}],  # negative count
+        [
+            "k",
+            1,
+            "0000000000000000",
+            0,
+            1,
+            0,
+            "5",
+            [["0000000000000000", 1, 2]],
+        ],  # counts not a map
+        [
+            "k",
+            1,
+            "0000000000000000",
+            0,
+            2,
+            0,
+            [[], {}, []],
+            {"0000000000000000": [1, 2]},
+        ],  # counts on a list
+        ["k", 1, "0000000000000000", 0, 2, 0, [[], {}], None],  # list payload too short
+        [
+            "k",
+            1,
+            "0000000000000000",
+            0,
+            2,
+            0,
+            [[[1, "0000000000000000", 1]], {}, []],
+            None,
+        ],  # item too short
+        [
+            "k",
+            1,
+            "0000000000000000",
+            0,
+            2,
+            0,
+            [[], {"0000000000000000": -1}, []],
+            None,
+        ],  # negative vector entry
+        [
+            "k",
+            1,
+            "0000000000000000",
+            0,
+            2,
+            0,
+            [[], {}, [["0000000000000000"]]],
+            None,
+        ],  # short cloud dot
+        [
+            "k",
+            1,
+            "0000000000000000",
+            0,
+            3,
+            0,
+            [[["m", [["0000000000000000", 1]]]], {}, []],
+            None,
+        ],  # members not a map
+        [
+            "k",
+            1,
+            "0000000000000000",
+            0,
+            3,
+            0,
+            [{"m": [["0000000000000000", "1"]]}, {}, []],
+            None,
+        ],  # bad dot
+        ["k", 1, "0000000000000000", 0, 3, 0, [{"m": 5}, {}, []], None],  # dots not a list
         # Decodable shapes that would make applying a record twice change the state:
-        ["k", 1, "n0", 0, 3, 0, [{"m": []}, {}, []], None],  # a member without dots
-        ["k", 1, "n0", 0, 2, 0, [[[1, "n0", 1, "a"], [2, "n0", 1, "b"]], {}, []], None],  # same dot
+        ["k", 1, "0000000000000000", 0, 3, 0, [{"m": []}, {}, []], None],  # a member without dots
+        [
+            "k",
+            1,
+            "0000000000000000",
+            0,
+            2,
+            0,
+            [[[1, "0000000000000000", 1, "a"], [2, "0000000000000000", 1, "b"]], {}, []],
+            None,
+        ],  # same dot
         # A zero counter is "seen nothing", which a vector never stores: digests would differ
         # forever between a replica that adopted it and one that joined it.
-        ["k", 1, "n0", 0, 2, 0, [[], {"n0": 0}, []], None],
+        ["k", 1, "0000000000000000", 0, 2, 0, [[], {"0000000000000000": 0}, []], None],
     ],
 )
 def test_malformed_records_raise_change_decode_error(record: Any) -> None:
@@ -199,14 +275,14 @@ def assert_decodes_cleanly(record: Any) -> None:
         change = decode_change(record)
     except ChangeDecodeError:
         return
-    store = KeyValueStore("fuzz", now_ms=FakeClock())
+    store = KeyValueStore("00000000000000ff", now_ms=FakeClock())
     store.track_digests()
     store.apply(change)
     once = snapshot(store)
     store.apply(change)  # applying is idempotent, even for a strange but decodable record
     assert snapshot(store) == once
     msgpack.packb(encode_change(change))
-    fresh = KeyValueStore("fresh", now_ms=FakeClock())
+    fresh = KeyValueStore("00000000000000fe", now_ms=FakeClock())
     for key, entry in store.items():
         store.contains(key)
         fresh.apply(Change(key, entry))

@@ -103,7 +103,9 @@ def stored(store: KeyValueStore) -> dict[str, list]:
 
 def rebuilt_digests(store: KeyValueStore) -> list[int]:
     """Bucket digests of a fresh store built from ``store``'s items."""
-    fresh = KeyValueStore("fresh", now_ms=store._now_ms, tombstone_horizon_ms=NO_FORGETTING)
+    fresh = KeyValueStore(
+        "00000000000000fe", now_ms=store._now_ms, tombstone_horizon_ms=NO_FORGETTING
+    )
     for key, entry in store.items():
         fresh.apply(Change(key, entry))
     return list(fresh.track_digests())
@@ -119,7 +121,7 @@ class Cluster:
 
     def __post_init__(self) -> None:
         self.replicas = [
-            KeyValueStore(f"n{i}", now_ms=self.clock, tombstone_horizon_ms=self.horizon)
+            KeyValueStore(f"{i:016x}", now_ms=self.clock, tombstone_horizon_ms=self.horizon)
             for i in range(self.size)
         ]
 
@@ -469,7 +471,7 @@ def test_bucket_digests_track_state_exactly(size: int, data: st.DataObject) -> N
 # ---------------------------------------------------------------------------- horizon
 def test_tombstones_are_kept_until_the_horizon_then_forgotten() -> None:
     clock = FakeClock()
-    store = KeyValueStore("n0", now_ms=clock, tombstone_horizon_ms=10_000)
+    store = KeyValueStore("0000000000000000", now_ms=clock, tombstone_horizon_ms=10_000)
     old = store.set("k", "v")
     store.delete("k")
     clock.now += 9_000
@@ -512,7 +514,10 @@ def test_an_emptied_container_is_not_forgotten(kind: str, born: str) -> None:
     key from nothing and the replica that had not swept yet dropped it.
     """
     clock = FakeClock()
-    a, b = (KeyValueStore(n, now_ms=clock, tombstone_horizon_ms=10_000) for n in ("n0", "n1"))
+    a, b = (
+        KeyValueStore(n, now_ms=clock, tombstone_horizon_ms=10_000)
+        for n in ("0000000000000000", "0000000000000001")
+    )
     add, remove, read = {
         "list": (a.list_add, a.list_del, lambda s: s.list_range("q", 0, -1)),
         "set": (a.set_add, a.set_del, lambda s: sorted(s.set_query("q"))),

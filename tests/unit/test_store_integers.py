@@ -63,7 +63,7 @@ def test_parser_matches_the_grammar_on_integer_like_text(number: int, prefix: st
 
 @pytest.mark.parametrize("stored", ["007", "+1", "-0", "12345678901234567890"])
 def test_increment_of_a_non_canonical_value_is_refused_and_changes_nothing(stored: str) -> None:
-    store = KeyValueStore("node-a")
+    store = KeyValueStore("00000000000000aa")
     store.set("k", stored)
     with pytest.raises(NotIntegerError) as excinfo:
         store.increment("k", 1)

@@ -54,7 +54,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def store(clock: FakeClock) -> KeyValueStore:
-    return KeyValueStore("n0", now_ms=clock)
+    return KeyValueStore("0000000000000000", now_ms=clock)
 
 
 def snapshot(store: KeyValueStore) -> list:
@@ -369,7 +369,7 @@ def test_kvredis_list_range_past_the_end(store: KeyValueStore) -> None:
     stop=st.integers(-12, 12) | st.sampled_from([I32_MIN, I32_MAX]),
 )
 def test_list_range_matches_the_spec_formula(items: list[str], start: int, stop: int) -> None:
-    store = KeyValueStore("n0", now_ms=FakeClock())
+    store = KeyValueStore("0000000000000000", now_ms=FakeClock())
     for item in items:
         store.list_add("l", item)
     expected = spec_lrange(items, start, stop)
@@ -609,10 +609,10 @@ FIRST_MUTATIONS: dict[str, Callable[[KeyValueStore], Change | None]] = {
 
 @pytest.mark.parametrize("name", sorted(FIRST_MUTATIONS))
 def test_the_change_of_a_first_mutation_reproduces_it(clock: FakeClock, name: str) -> None:
-    origin = KeyValueStore("n0", now_ms=clock)
+    origin = KeyValueStore("0000000000000000", now_ms=clock)
     change = FIRST_MUTATIONS[name](origin)
     assert change is not None
-    replica = KeyValueStore("n1", now_ms=clock)
+    replica = KeyValueStore("0000000000000001", now_ms=clock)
     replica.apply(change)
     assert visible(replica, "k") == visible(origin, "k")
     assert canonical(replica.entry("k")) == canonical(origin.entry("k"))
@@ -621,8 +621,8 @@ def test_the_change_of_a_first_mutation_reproduces_it(clock: FakeClock, name: st
 
 
 def test_every_change_replays_the_history_on_a_fresh_replica(clock: FakeClock) -> None:
-    origin = KeyValueStore("n0", now_ms=clock)
-    replica = KeyValueStore("n1", now_ms=clock)
+    origin = KeyValueStore("0000000000000000", now_ms=clock)
+    replica = KeyValueStore("0000000000000001", now_ms=clock)
     steps: list[Callable[[], Change | None]] = [
         lambda: origin.set("k", "1", expires=30),
         lambda: origin.increment("k", 4)[1],
