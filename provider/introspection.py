@@ -19,6 +19,7 @@ from nats.micro import add_service
 from nats.micro.request import Request
 
 from provider import __version__
+from provider.memory import memory_status
 from provider.replication.config import subject_token
 
 SERVICE_NAME = "nats-kvcache"
@@ -79,6 +80,9 @@ def instance_status(daemon: Any) -> dict[str, Any]:
         "message": health.message,
         "uptime_secs": round(time.monotonic() - daemon.started_at, 1),
         "entries": len(daemon.store),
+        "memory": memory_status(
+            daemon.store.used_memory, daemon.store.max_memory, daemon.store.oom_refusals
+        ),
         "links": len(daemon.links),
         "replication": daemon.replicator.status(),
         "operations": daemon.metrics.snapshot(),

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from contract.keyvalue import GetResponse, Operation
-from provider.store import Change, KeyValueStore, TooLargeError
+from provider.store import Change, KeyValueStore, TooLargeError, distinct_names
 
 #: Longest key accepted, in UTF-8 bytes. Redis allows far more; a cache key this long is a bug
 #: or an attack, and every key travels in every replication message about it.
@@ -69,6 +69,8 @@ def execute(store: KeyValueStore, operation: Operation, arg: Any) -> tuple[bytes
 
     Raises :class:`provider.store.StoreError` when the operation is refused.
     """
+    if isinstance(arg, list):  # SetUnion / SetIntersection: one check per distinct name
+        arg = distinct_names(arg)
     for key in _keys_of(arg):
         # Cheap length test first: only a long key is worth encoding to count its bytes.
         if len(key) > MAX_KEY_BYTES // 4 and len(key.encode("utf-8", "surrogatepass")) > (

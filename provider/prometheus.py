@@ -2,9 +2,10 @@
 
 ``NATS_KVCACHE_METRICS_ADDR=127.0.0.1:9464`` serves ``/metrics`` with the same numbers as the
 status document (:mod:`provider.introspection`): operation counts, errors and latency
-quantiles, entries, health, replication counters, lag and peers. An environment variable, not a
-link value, because the host, not an actor, owns the process. prometheus_client serves it from
-its own thread; the collector only reads a fresh status document per scrape.
+quantiles, entries, memory (estimated use, ``MAX_MEMORY``, OOM refusals), health, replication
+counters, lag and peers. An environment variable, not a link value, because the host, not an
+actor, owns the process. prometheus_client serves it from its own thread; the collector only
+reads a fresh status document per scrape.
 """
 
 from __future__ import annotations
@@ -68,6 +69,29 @@ class StatusCollector:
             1 if status["healthy"] else 0,
         )
         yield _gauge("kvcache_links", "Linked actors", labels, ident, status["links"])
+        memory = status.get("memory")
+        if memory is not None:
+            yield _gauge(
+                "kvcache_memory_used_bytes",
+                "Estimated memory the stored entries take",
+                labels,
+                ident,
+                memory["used_bytes"],
+            )
+            yield _gauge(
+                "kvcache_memory_limit_bytes",
+                "MAX_MEMORY (0: no limit)",
+                labels,
+                ident,
+                memory["limit_bytes"],
+            )
+            refused = CounterMetricFamily(
+                "kvcache_memory_refused_writes",
+                "Writes refused with OOM because memory was above MAX_MEMORY",
+                labels=labels,
+            )
+            refused.add_metric(ident, memory["refused_writes"])
+            yield refused
         replication = status["replication"]
         for key, value in replication.items():
             if isinstance(value, bool) or not isinstance(value, int | float) or value is None:

@@ -12,14 +12,34 @@ from .entry import Entry, Kind
 from .errors import (
     IncrementOverflowError,
     NotIntegerError,
+    OutOfMemoryError,
     StoreError,
     TooLargeError,
+    TooMuchWorkError,
     WrongTypeError,
 )
-from .store import BUCKETS, SUB_BUCKETS, Change, KeyValueStore, bucket_of, sub_bucket_of
+from .store import (
+    BUCKETS,
+    MAX_RESULT_BYTES,
+    MAX_RESULT_ITEMS,
+    MAX_SET_NAMES,
+    MAX_SET_NAMES_GIVEN,
+    MAX_SET_SCAN,
+    SUB_BUCKETS,
+    Change,
+    KeyValueStore,
+    bucket_of,
+    distinct_names,
+    sub_bucket_of,
+)
 
 __all__ = [
     "BUCKETS",
+    "MAX_RESULT_BYTES",
+    "MAX_RESULT_ITEMS",
+    "MAX_SET_NAMES",
+    "MAX_SET_NAMES_GIVEN",
+    "MAX_SET_SCAN",
     "SUB_BUCKETS",
     "Change",
     "Entry",
@@ -27,9 +47,12 @@ __all__ = [
     "KeyValueStore",
     "Kind",
     "NotIntegerError",
+    "OutOfMemoryError",
     "StoreError",
     "TooLargeError",
+    "TooMuchWorkError",
     "WrongTypeError",
     "bucket_of",
+    "distinct_names",
     "sub_bucket_of",
 ]

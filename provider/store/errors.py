@@ -26,3 +26,14 @@ class IncrementOverflowError(StoreError):
 
 class TooLargeError(StoreError):
     """A key or value beyond the configured bounds."""
+
+
+class OutOfMemoryError(StoreError):
+    """The store's estimated memory is above ``MAX_MEMORY``; the write would grow it."""
+
+    def __init__(self) -> None:
+        super().__init__("OOM command not allowed when used memory > 'maxmemory'.")
+
+
+class TooMuchWorkError(StoreError):
+    """A read whose arguments or result exceed the documented per-call bounds."""

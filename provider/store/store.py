@@ -16,9 +16,37 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from operator import itemgetter
 
-from .entry import NEVER, Birth, Entry, Kind, ListPayload, SetPayload, merge, parse_integer
-from .errors import IncrementOverflowError, NotIntegerError, WrongTypeError
+from provider.memory import (
+    container_cost,
+    list_item_cost,
+    list_items_cost,
+    set_member_cost,
+    set_members_cost,
+    string_cost,
+    tombstone_cost,
+)
+
+from .entry import (
+    I64_MAX,
+    I64_MIN,
+    NEVER,
+    Birth,
+    Entry,
+    Kind,
+    ListPayload,
+    SetPayload,
+    merge,
+    parse_integer,
+)
+from .errors import (
+    IncrementOverflowError,
+    NotIntegerError,
+    OutOfMemoryError,
+    TooMuchWorkError,
+    WrongTypeError,
+)
 from .hlc import HybridClock, stamp_ms, wall_ms
 
 BUCKETS = 1024
@@ -33,6 +61,38 @@ I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 #: back. One hour by default; the provider makes it configurable. Emptied lists and sets are kept:
 #: their causal context is what lets a later add on the same incarnation reach the other replicas.
 DEFAULT_TOMBSTONE_HORIZON_MS = 3_600_000
+
+# Per-call bounds: no single read may hold the event loop for long (README, "Limits").
+#: Set names one SetUnion/SetIntersection may give, duplicates included.
+MAX_SET_NAMES_GIVEN = 200_000
+#: Distinct set names one SetUnion/SetIntersection may give (duplicates are dropped first).
+MAX_SET_NAMES = 10_000
+#: Members one SetUnion may read, or membership tests one SetIntersection may need (at least
+#: one per member of its smallest set).
+MAX_SET_SCAN = 50_000
+#: Items one ListRange / SetQuery / SetUnion / SetIntersection may return.
+MAX_RESULT_ITEMS = 50_000
+#: Characters (summed string lengths) one ListRange may return.
+MAX_RESULT_BYTES = 16 * 1024 * 1024
+
+_VALUE = itemgetter(3)
+
+
+def distinct_names(names: list[str]) -> list[str]:
+    """``names`` without duplicates, in first-seen order, within the per-call bounds."""
+    if len(names) > MAX_SET_NAMES_GIVEN:
+        raise TooMuchWorkError(f"ERR too many set names (more than {MAX_SET_NAMES_GIVEN})")
+    distinct = list(dict.fromkeys(names)) if len(names) > 1 else names
+    if len(distinct) > MAX_SET_NAMES:
+        raise TooMuchWorkError(f"ERR too many distinct set names (more than {MAX_SET_NAMES})")
+    return distinct
+
+
+def _too_many(operation: str, count: int) -> TooMuchWorkError:
+    return TooMuchWorkError(
+        f"ERR {operation} result would exceed {MAX_RESULT_ITEMS} items ({count}); "
+        "ask for less at a time"
+    )
 
 
 def bucket_of(key: str) -> int:
@@ -75,6 +135,13 @@ class KeyValueStore:
         self._digests: list[int] | None = None
         #: Set by replicating backends: see :meth:`delete`.
         self.tombstone_absent_keys = False
+        #: ``MAX_MEMORY`` in bytes, 0 for none: above it, writes that grow memory are refused.
+        self.max_memory = 0
+        #: The estimated memory the entries take (see :mod:`provider.memory`), kept as they
+        #: change.
+        self.used_memory = 0
+        #: Writes refused because :attr:`used_memory` was above :attr:`max_memory`.
+        self.oom_refusals = 0
 
     # ------------------------------------------------------------------ bookkeeping
     def __len__(self) -> int:
@@ -129,6 +196,49 @@ class KeyValueStore:
         if self._digests is not None:
             self._digests[bucket_of(key)] ^= old_digest ^ _key_digest(key, new)
 
+    # ------------------------------------------------------------------ memory
+    def _cost(self, key: str, entry: Entry | None) -> int:
+        """The estimated memory of ``key`` holding ``entry`` (linear in a container's size)."""
+        if entry is None:
+            return 0
+        kind = entry.kind
+        if kind == Kind.LIST:
+            items = entry.value.items
+            return self._held(key, entry) + list_items_cost(map(_VALUE, items), len(items))
+        if kind == Kind.SET:
+            return self._held(key, entry) + set_members_cost(entry.value.members)
+        return self._held(key, entry)
+
+    @staticmethod
+    def _held(key: str, entry: Entry) -> int:
+        """The cost of ``entry`` without its list items or set members; constant time."""
+        kind = entry.kind
+        if kind == Kind.STRING:
+            return string_cost(key, entry.value, len(entry.counts) if entry.counts else 0)
+        if kind == Kind.TOMBSTONE:
+            return tombstone_cost(key)
+        ctx = entry.value.ctx
+        return container_cost(key, len(ctx.vv) + len(ctx.cloud))
+
+    @staticmethod
+    def _payload_cost(payload: object) -> int:
+        if isinstance(payload, ListPayload):
+            return list_items_cost(map(_VALUE, payload.items), len(payload.items))
+        if isinstance(payload, SetPayload):
+            return set_members_cost(payload.members)
+        return 0
+
+    def _check_memory(self) -> None:
+        """Refuse a write that would grow memory while the estimate is above the limit."""
+        if self.max_memory and self.used_memory > self.max_memory:
+            self.oom_refusals += 1
+            raise OutOfMemoryError()
+
+    def recount_memory(self) -> int:
+        """Recompute :attr:`used_memory` from scratch (tests check the running estimate)."""
+        self.used_memory = sum(self._cost(key, entry) for key, entry in self.items())
+        return self.used_memory
+
     def _lookup(self, key: str) -> tuple[dict[str, Entry], Entry | None]:
         bucket = self._buckets[bucket_of(key)]
         return bucket, bucket.get(key)
@@ -159,11 +269,17 @@ class KeyValueStore:
         if entry is None or not entry.is_live(now):
             reusable = entry is not None and entry.kind == kind and not entry.is_expired(now)
             if not reusable:  # an emptied list/set of the same kind keeps its causal context
+                released = self._cost(key, entry)
                 entry = _fresh(_recreated_birth(entry, now), kind)
+            else:
+                released = self._held(key, entry)
         elif entry.kind != kind:
             raise WrongTypeError()
+        else:
+            released = self._held(key, entry)
         result, delta_payload = build(entry)
         self._put(key, bucket, old_digest, entry)
+        self.used_memory += self._held(key, entry) + self._payload_cost(delta_payload) - released
         return result, Change(key, entry.header(delta_payload))
 
     # ------------------------------------------------------------------ reads
@@ -184,33 +300,69 @@ class KeyValueStore:
         last = n + stop if stop < 0 else min(stop, n - 1)
         if first > last or first >= n:
             return []
-        return [item[3] for item in items[first : last + 1]]
+        if last + 1 - first > MAX_RESULT_ITEMS:
+            raise _too_many("ListRange", last + 1 - first)
+        values = list(map(_VALUE, items[first : last + 1]))
+        if sum(map(len, values)) > MAX_RESULT_BYTES:
+            raise TooMuchWorkError(
+                f"ERR ListRange result would exceed {MAX_RESULT_BYTES} bytes; "
+                "ask for a smaller range"
+            )
+        return values
 
     def set_query(self, name: str) -> list[str]:
         entry = self._typed(name, Kind.SET)
-        return [] if entry is None else list(entry.value.members)
+        if entry is None:
+            return []
+        if len(entry.value.members) > MAX_RESULT_ITEMS:
+            raise _too_many("SetQuery", len(entry.value.members))
+        return list(entry.value.members)
+
+    def _named_sets(self, names: list[str]) -> list[Entry | None]:
+        """The live sets ``names`` (deduplicated, bounded) name; WRONGTYPE for another type."""
+        return [self._typed(name, Kind.SET) for name in distinct_names(names)]
 
     def set_union(self, names: list[str]) -> list[str]:
-        members: dict[str, None] = {}
-        for entry in [self._typed(name, Kind.SET) for name in names]:
-            if entry is not None:
-                members.update(dict.fromkeys(entry.value.members))
-        return list(members)
+        """SUNION over distinct names; at most :data:`MAX_SET_SCAN` members read."""
+        sets = [entry.value.members for entry in self._named_sets(names) if entry is not None]
+        scan = sum(map(len, sets))
+        if scan > MAX_SET_SCAN:
+            raise TooMuchWorkError(
+                f"ERR SetUnion would read {scan} members, more than {MAX_SET_SCAN}"
+            )
+        if len(sets) == 1:
+            return list(sets[0])
+        return list(set().union(*sets))
 
     def set_intersection(self, names: list[str]) -> list[str]:
-        entries = [self._typed(name, Kind.SET) for name in names]  # type-check every name
+        """SINTER over distinct names, smallest set first; bounded membership tests."""
+        entries = self._named_sets(names)  # type-checks every name
         if not entries or any(entry is None for entry in entries):
             return []
-        first, *rest = entries
-        return [m for m in first.value.members if all(m in e.value.members for e in rest)]
+        sets = sorted((entry.value.members for entry in entries), key=len)
+        smallest, rest = sets[0], sets[1:]
+        checks = len(smallest) * max(len(rest), 1)
+        if checks > MAX_SET_SCAN:
+            raise TooMuchWorkError(
+                f"ERR SetIntersection would need {checks} membership tests, more than "
+                f"{MAX_SET_SCAN}"
+            )
+        result = list(smallest)
+        for members in rest:
+            result = [m for m in result if m in members]
+            if not result:
+                break
+        return result
 
     # ------------------------------------------------------------------ writes
     def set(self, key: str, value: str, expires: int = 0) -> Change:
         """Overwrite whatever ``key`` holds; ``expires`` seconds > 0 sets a TTL."""
+        self._check_memory()
         bucket, old = self._lookup(key)
         stamp = self.clock.now()
         deadline = stamp_ms(stamp) + expires * 1000 if expires > 0 else 0
         entry = Entry((stamp, self.node_id, 0), Kind.STRING, value, deadline)
+        self.used_memory += string_cost(key, value) - self._cost(key, old)
         self._put(key, bucket, self._digest_of(key, old), entry)
         return Change(key, entry.copy())
 
@@ -226,6 +378,7 @@ class KeyValueStore:
         if not live and not self.tombstone_absent_keys:
             return False, None
         entry = Entry((self.clock.now(), self.node_id, 0), Kind.TOMBSTONE)
+        self.used_memory += tombstone_cost(key) - self._cost(key, old)
         self._put(key, bucket, self._digest_of(key, old), entry)
         return live, Change(key, entry.copy())
 
@@ -235,6 +388,7 @@ class KeyValueStore:
         The delta record carries this node's whole ``(count, total)`` contribution, so a lost
         increment message is repaired by the next one and a duplicate changes nothing.
         """
+        self._check_memory()
         node = self.node_id
 
         def build(entry: Entry) -> tuple[int, None]:
@@ -246,6 +400,8 @@ class KeyValueStore:
                 raise IncrementOverflowError()
             counts = entry.counts if entry.counts is not None else {}
             count, total = counts.get(node, (0, 0))
+            if not I64_MIN <= total + delta <= I64_MAX:  # this node's share must stay 64-bit
+                raise IncrementOverflowError()
             counts[node] = (count + 1, total + delta)
             entry.counts = counts
             return new_value, None
@@ -257,6 +413,7 @@ class KeyValueStore:
 
     def list_add(self, name: str, value: str) -> tuple[int, Change]:
         """Append at the tail (RPUSH); returns the new length."""
+        self._check_memory()
 
         def build(entry: Entry) -> tuple[int, ListPayload]:
             delta = entry.value.append(self.node_id, self.clock.now(), value)
@@ -273,11 +430,13 @@ class KeyValueStore:
         delta = entry.value.remove_first(value)
         if delta is None:
             return False, None
+        self.used_memory -= list_item_cost(value)
         self._put(name, bucket, old_digest, entry)
         return True, Change(name, entry.header(delta))
 
     def set_add(self, name: str, value: str) -> tuple[int, Change | None]:
         """SADD: 1 if newly added, 0 if already a member."""
+        self._check_memory()
         entry = self._typed(name, Kind.SET)
         if entry is not None and value in entry.value.members:
             return 0, None
@@ -293,22 +452,30 @@ class KeyValueStore:
         if self._typed(name, Kind.SET) is None:
             return 0, None
         old_digest = self._digest_of(name, entry)
+        dots = len(entry.value.members.get(value, ()))
         delta = entry.value.remove(value)
         if delta is None:
             return 0, None
+        self.used_memory -= set_member_cost(value, dots)
         self._put(name, bucket, old_digest, entry)
         return 1, Change(name, entry.header(delta))
 
     # ------------------------------------------------------------------ replication
     def apply(self, change: Change) -> None:
-        """Merge a change from anywhere: a peer's delta, a snapshot chunk, a repair."""
+        """Merge a change from anywhere: a peer's delta, a snapshot chunk, a repair.
+
+        Always applied, whatever :attr:`max_memory` says: refusing would make replicas diverge.
+        """
         key, incoming = change.key, change.entry
         self.clock.observe(incoming.stamp)
         if incoming.kind == Kind.LIST and incoming.value.items:
             self.clock.observe(incoming.value.items[-1][0])  # later appends order after these
         bucket, old = self._lookup(key)
         old_digest = self._digest_of(key, old)
-        self._put(key, bucket, old_digest, merge(old, incoming))
+        before = self._cost(key, old)  # before the merge, which may change ``old`` in place
+        merged = merge(old, incoming)
+        self.used_memory += self._cost(key, merged) - before
+        self._put(key, bucket, old_digest, merged)
 
     def sweep(self, buckets: range | None = None) -> int:
         """Turn expired keys into tombstones and forget old tombstones; returns keys touched.
@@ -332,10 +499,12 @@ class KeyValueStore:
             for key, entry in list(bucket.items()):
                 if entry.is_expired(now):
                     tomb = Entry((entry.stamp, entry.origin, entry.gen + 1), Kind.TOMBSTONE)
+                    self.used_memory += tombstone_cost(key) - self._cost(key, entry)
                     self._put(key, bucket, self._digest_of(key, entry), tomb)
                     touched += 1
                 elif entry.kind == Kind.TOMBSTONE and stamp_ms(entry.stamp) < horizon:
                     del bucket[key]
+                    self.used_memory -= tombstone_cost(key)
                     if self._digests is not None:
                         self._digests[bucket_of(key)] ^= _key_digest(key, entry)
                     touched += 1
