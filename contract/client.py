@@ -6,25 +6,35 @@ on the provider's RPC subject with an ordinary NATS request, so whatever works t
 for a real host too. It is the only module of ``contract`` that performs I/O, and only through
 the connection object it is given (any object with nats-py's ``request`` coroutine).
 
-Limitations: request bodies are never chunked (a NATS server with the default 1 MiB
-``max_payload`` limits arguments to roughly 1 MiB) and chunked replies are reported as errors.
+Large bodies travel through the lattice's JetStream object store, as the host does it
+(protocol spec §11): an argument over :data:`REQUEST_CHUNK_THRESHOLD` is stored under the
+invocation id and sent with an empty ``msg``; a reply announced as chunked is fetched from
+``{id}-r`` and deleted. Either way up to :data:`MAX_CHUNKED_BYTES` (a 16 MiB value).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import dataclasses
 import uuid
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from contract._fields import FieldError
 from contract.claims import invocation_hash, sign_claims
+from contract.codec import MAX_MESSAGE_BYTES, DecodeError, unpack
 from contract.keyvalue import (
+    _CONVERTERS,
     CONTRACT_ID,
+    UNIT,
+    ArgumentError,
     GetResponse,
     IncrementRequest,
     ListAddRequest,
     ListDelRequest,
     ListRangeRequest,
+    Operation,
     SetAddRequest,
     SetDelRequest,
     SetRequest,
@@ -33,7 +43,14 @@ from contract.keyvalue import (
 from contract.nkeys import KeyPair
 from contract.wire import Invocation, InvocationResponse, Subjects, WasmCloudEntity
 
-__all__ = ["KeyValueClient", "KeyValueError"]
+__all__ = ["MAX_CHUNKED_BYTES", "REQUEST_CHUNK_THRESHOLD", "KeyValueClient", "KeyValueError"]
+
+#: Arguments strictly larger than this go through the object store (the SDK's threshold).
+REQUEST_CHUNK_THRESHOLD = 900 * 1024
+#: Largest chunked body either way: a 16 MiB value, its key and the msgpack framing.
+MAX_CHUNKED_BYTES = 16 * 1024 * 1024 + 64 * 1024
+#: Extra reply time for a chunked call (the SDK adds 13 s to its own timeout when it chunks).
+CHUNKED_EXTRA_TIMEOUT = 13.0
 
 
 class KeyValueError(Exception):
@@ -115,12 +132,26 @@ class KeyValueClient:
     async def invoke(
         self, operation: str, msg: bytes, *, timeout: float | None = None
     ) -> InvocationResponse:
-        """Send one raw invocation and decode the reply (errors are returned, not raised)."""
-        payload = self.build_invocation(operation, msg).encode()
-        reply = await self._nc.request(
-            self._subject, payload, timeout=self._timeout if timeout is None else timeout
-        )
+        """Send one raw invocation and decode the reply (errors are returned, not raised).
+
+        An argument over :data:`REQUEST_CHUNK_THRESHOLD` is stored in the object store first.
+        """
+        inv = self.build_invocation(operation, msg)
+        wait = self._timeout if timeout is None else timeout
+        if len(msg) > REQUEST_CHUNK_THRESHOLD:
+            await asyncio.wait_for(self._store_chunked_request(inv.id, msg), wait + 10)
+            inv = dataclasses.replace(inv, msg=b"", content_length=len(msg))
+            wait += CHUNKED_EXTRA_TIMEOUT
+        reply = await self._nc.request(self._subject, inv.encode(), timeout=wait)
         return InvocationResponse.decode(reply.data)
+
+    async def _store_chunked_request(self, invocation_id: str, msg: bytes) -> None:
+        js = self._nc.jetstream()
+        try:
+            store = await js.object_store(self._lattice_prefix)
+        except Exception:  # the bucket does not exist yet: create it as the host would
+            store = await js.create_object_store(self._lattice_prefix)
+        await store.put(invocation_id, msg)
 
     async def call(self, method: str, arg: Any) -> Any:
         """Invoke ``KeyValue.<method>`` with a Python argument and return the decoded result."""
@@ -131,7 +162,7 @@ class KeyValueClient:
         msg = resp.msg
         if resp.content_length is not None and resp.content_length > len(msg):
             msg = await self._fetch_chunked_reply(resp.invocation_id)
-        return op.decode_output(msg)
+        return _decode_output(op, msg)
 
     async def _fetch_chunked_reply(self, invocation_id: str) -> bytes:
         """A reply over the chunking threshold waits in the lattice's object store under
@@ -139,11 +170,12 @@ class KeyValueClient:
         name = f"{invocation_id}-r"
         try:
             store = await self._nc.jetstream().object_store(self._lattice_prefix)
-            result = await store.get(name)
+            result = await asyncio.wait_for(store.get(name), self._timeout + CHUNKED_EXTRA_TIMEOUT)
         except Exception as error:
-            raise KeyValueError(f"chunked reply {name} could not be fetched: {error}") from None
+            text = str(error) or type(error).__name__
+            raise KeyValueError(f"chunked reply {name} could not be fetched: {text}") from None
         with contextlib.suppress(Exception):
-            await store.delete(name)
+            await asyncio.wait_for(store.delete(name), self._timeout)
         return bytes(result.data or b"")
 
     # ------------------------------------------------------------- typed helpers ----
@@ -195,3 +227,13 @@ class KeyValueClient:
 
     def __repr__(self) -> str:
         return f"KeyValueClient(subject={self._subject!r}, actor={self._origin.public_key!r})"
+
+
+def _decode_output(op: Operation, msg: bytes) -> Any:
+    """``op.decode_output``, also for a chunked reply over the 1 MiB message limit."""
+    if len(msg) <= MAX_MESSAGE_BYTES or op.output_type == UNIT:
+        return op.decode_output(msg)
+    try:
+        return _CONVERTERS[op.output_type][0](unpack(msg, max_bytes=MAX_CHUNKED_BYTES))
+    except (DecodeError, FieldError) as exc:
+        raise ArgumentError(op.output_type, str(exc)) from None

@@ -10,25 +10,47 @@ put an object's metadata at ``$O.{bucket}.M.{base64url(name)}``, while the OTP h
 synchronous ``nats`` crate) uses the raw name with ``.`` and spaces turned into ``_``. So a
 request body is looked up under both, and a large reply's metadata is written under both,
 pointing at the same chunks.
+
+Downloads cost memory, and anyone who can publish on the lattice can ask for one. So the caller
+(:mod:`provider.invocations`) checks an invocation's claims before it asks for the body, and
+:meth:`ChunkStore.request_body` bounds how many bodies are downloaded at once
+(:data:`MAX_CONCURRENT_DOWNLOADS`) and how many bytes they may add up to
+(:data:`MAX_IN_FLIGHT_BYTES`). Every wait on the server has a deadline.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import hashlib
 import json
+from collections.abc import AsyncIterator
 
 import structlog
 from nats.aio.client import Client as NATS
-from nats.js.errors import NotFoundError, ObjectNotFoundError
+from nats.js.errors import NotFoundError
 
 log = structlog.get_logger("provider.chunking")
 
 #: wasmbus-rpc >= 0.11 chunks replies strictly larger than 900 KiB.
 RESPONSE_CHUNK_THRESHOLD = 900 * 1024
 
-#: A chunked request larger than this is refused without being fetched.
-MAX_CHUNKED_BYTES = 16 * 1024 * 1024
+#: Largest chunked request body accepted: a 16 MiB value plus room for its key (at most
+#: 16 KiB) and the msgpack framing. A larger one is refused without being fetched.
+MAX_CHUNKED_BYTES = 16 * 1024 * 1024 + 64 * 1024
+#: Chunked request bodies downloaded at the same time, at most.
+MAX_CONCURRENT_DOWNLOADS = 4
+#: The sum of the ``content_length`` of the bodies being downloaded (and decoded), at most.
+MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
+#: How long a call waits for a download slot before it is refused as busy.
+SLOT_WAIT_SECONDS = 5.0
+#: Deadline for fetching one whole body (the host waits 15 s for a chunked call's reply).
+FETCH_TIMEOUT_SECONDS = 10.0
+#: Deadline for the next chunk of a body to arrive.
+CHUNK_TIMEOUT_SECONDS = 5.0
+#: Deadline for storing one large reply.
+STORE_TIMEOUT_SECONDS = 10.0
 
 
 def raw_meta_subject(bucket: str, name: str) -> str:
@@ -45,13 +67,56 @@ class ChunkError(Exception):
     """The body could not be fetched or stored; the text is the reply's error."""
 
 
+class _DownloadBudget:
+    """At most ``slots`` downloads at once, adding up to at most ``max_bytes``."""
+
+    def __init__(self, slots: int, max_bytes: int) -> None:
+        self._slots = slots
+        self._max_bytes = max_bytes
+        self.active = 0
+        self.bytes = 0
+        self._waiters: list[asyncio.Future] = []
+
+    def _fits(self, size: int) -> bool:
+        return self.active < self._slots and self.bytes + size <= self._max_bytes
+
+    async def acquire(self, size: int, timeout: float) -> bool:
+        """Reserve a slot and ``size`` bytes; False when none frees up within ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self._fits(size):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait({waiter}, timeout=remaining)
+            finally:
+                self._waiters.remove(waiter)
+        self.active += 1
+        self.bytes += size
+        return True
+
+    def release(self, size: int) -> None:
+        self.active -= 1
+        self.bytes -= size
+        for waiter in self._waiters:  # each re-checks whether it fits now
+            if not waiter.done():
+                waiter.set_result(None)
+
+
 class ChunkStore:
     """Fetches and stores chunked bodies in the lattice object store."""
 
     def __init__(self, nc: NATS, lattice_prefix: str) -> None:
         self._nc = nc
         self._bucket = lattice_prefix
+        self._stream = f"OBJ_{lattice_prefix}"
         self._store = None
+        self._budget = _DownloadBudget(MAX_CONCURRENT_DOWNLOADS, MAX_IN_FLIGHT_BYTES)
+        #: Bodies downloaded so far (for tests and the status document).
+        self.downloads = 0
 
     async def _object_store(self):
         if self._store is None:
@@ -62,6 +127,28 @@ class ChunkStore:
                 self._store = await js.create_object_store(self._bucket)
         return self._store
 
+    # ------------------------------------------------------------------ request bodies
+    @contextlib.asynccontextmanager
+    async def request_body(self, invocation_id: str, content_length: int) -> AsyncIterator[bytes]:
+        """The full request body, inside a download slot held until the block ends.
+
+        Call this only for an invocation whose claims already passed: whoever gets here makes
+        the provider download up to :data:`MAX_CHUNKED_BYTES`.
+        """
+        if content_length > MAX_CHUNKED_BYTES:
+            raise ChunkError(
+                f"nats: chunked request for inv {invocation_id} is {content_length} bytes, "
+                f"over the {MAX_CHUNKED_BYTES} byte limit"
+            )
+        if not await self._budget.acquire(content_length, SLOT_WAIT_SECONDS):
+            raise ChunkError(
+                f"nats: too many chunked requests in flight; inv {invocation_id} not received"
+            )
+        try:
+            yield await self.fetch_request(invocation_id, content_length)
+        finally:
+            self._budget.release(content_length)
+
     async def fetch_request(self, invocation_id: str, content_length: int) -> bytes:
         """The full request body for ``invocation_id``; the object is deleted afterwards."""
         if content_length > MAX_CHUNKED_BYTES:
@@ -70,69 +157,91 @@ class ChunkStore:
                 f"over the {MAX_CHUNKED_BYTES} byte limit"
             )
         try:
-            store = await self._object_store()
-            try:
-                body = bytes((await store.get(invocation_id)).data or b"")
-            except ObjectNotFoundError:
-                body = await self._fetch_raw_named(invocation_id)
-                store = None  # deleted by _fetch_raw_named
+            return await asyncio.wait_for(
+                self._fetch(invocation_id, content_length), FETCH_TIMEOUT_SECONDS
+            )
+        except ChunkError:
+            raise
         except Exception as error:  # any JetStream failure is an answer, not a crash
+            text = str(error) or type(error).__name__
+            if isinstance(error, TimeoutError | asyncio.TimeoutError):
+                text = f"timed out after {FETCH_TIMEOUT_SECONDS:.0f}s"
             raise ChunkError(
-                f"nats: error starting to receive chunked stream for inv {invocation_id}: {error}"
+                f"nats: error starting to receive chunked stream for inv {invocation_id}: {text}"
             ) from None
-        if store is not None:
-            try:
-                await store.delete(invocation_id)
-            except Exception as error:  # a failed delete is only worth a log line (spec)
-                log.warning(
-                    "chunked request object not deleted", inv=invocation_id, error=str(error)
-                )
-        return body
 
-    async def _fetch_raw_named(self, name: str) -> bytes:
-        """Read (then purge) an object whose metadata sits under its raw name."""
-        js, stream = self._nc.jetstream(), f"OBJ_{self._bucket}"
-        meta_subject = raw_meta_subject(self._bucket, name)
-        try:
-            meta = json.loads((await js.get_last_msg(stream, meta_subject)).data)
-        except NotFoundError:
-            raise ObjectNotFoundError() from None
-        size, nuid = int(meta.get("size") or 0), str(meta["nuid"])
-        if size > MAX_CHUNKED_BYTES:
-            raise ChunkError(f"object {name} is {size} bytes, over the limit")
-        chunk_subject = f"$O.{self._bucket}.C.{nuid}"
-        body = bytearray()
-        if size:
-            sub = await js.subscribe(chunk_subject, ordered_consumer=True)
+    async def _fetch(self, name: str, content_length: int) -> bytes:
+        js = self._nc.jetstream()
+        meta_msg = None
+        for meta_subject in (
+            encoded_meta_subject(self._bucket, name),
+            raw_meta_subject(self._bucket, name),
+        ):
             try:
-                while len(body) < size:
-                    body += (await sub.next_msg(timeout=5)).data
-            finally:
-                await sub.unsubscribe()
+                meta_msg = await js.get_last_msg(self._stream, meta_subject)
+                break
+            except NotFoundError:
+                continue
+        meta = json.loads(meta_msg.data) if meta_msg is not None else {}
+        if not meta or meta.get("deleted"):
+            raise ChunkError(
+                f"nats: error starting to receive chunked stream for inv {name}: object not found"
+            )
+        size, nuid = int(meta.get("size") or 0), str(meta["nuid"])
+        if size > content_length:
+            raise ChunkError(
+                f"nats: chunked request for inv {name} is {size} bytes, "
+                f"but its content_length is {content_length}"
+            )
+        chunk_subject = f"$O.{self._bucket}.C.{nuid}"
+        body = await self._read_chunks(chunk_subject, size) if size else b""
         digest = str(meta.get("digest") or "")
         if digest.upper().startswith("SHA-256="):
             expected = base64.urlsafe_b64decode(digest[8:] + "=" * (-len(digest[8:]) % 4))
             if hashlib.sha256(body).digest() != expected:
-                raise ChunkError(f"object {name} does not match its digest")
-        for subject in (chunk_subject, meta_subject):
+                raise ChunkError(f"nats: chunked request for inv {name} does not match its digest")
+        self.downloads += 1
+        for subject in (chunk_subject, meta_subject):  # consumed: delete it (spec §11)
             try:
-                await js.purge_stream(stream, subject=subject)
-            except Exception as error:
-                log.warning("chunked object not deleted", inv=name, error=str(error))
+                await js.purge_stream(self._stream, subject=subject)
+            except Exception as error:  # a failed delete is only worth a log line (spec)
+                log.warning("chunked request object not deleted", inv=name, error=str(error))
+        return body
+
+    async def _read_chunks(self, subject: str, size: int) -> bytes:
+        body = bytearray()
+        sub = await self._nc.jetstream().subscribe(
+            subject, stream=self._stream, ordered_consumer=True
+        )
+        try:
+            while len(body) < size:
+                body += (await sub.next_msg(timeout=CHUNK_TIMEOUT_SECONDS)).data
+                if len(body) > size:
+                    raise ChunkError(f"chunked object on {subject} is larger than its metadata")
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
         return bytes(body)
 
+    # ------------------------------------------------------------------ large replies
     async def store_response(self, invocation_id: str, body: bytes) -> None:
         """Put a large reply where the host will look for it (``{id}-r``)."""
-        name = f"{invocation_id}-r"
         try:
-            store = await self._object_store()
-            await store.put(name, body)
-            js, stream = self._nc.jetstream(), f"OBJ_{self._bucket}"
-            meta = await js.get_last_msg(stream, encoded_meta_subject(self._bucket, name))
-            await js.publish(  # the same metadata under the raw name, for the OTP host's NIF
-                raw_meta_subject(self._bucket, name), meta.data, headers={"Nats-Rollup": "sub"}
-            )
+            await asyncio.wait_for(self._put_response(invocation_id, body), STORE_TIMEOUT_SECONDS)
         except Exception as error:
+            text = str(error) or type(error).__name__
+            if isinstance(error, TimeoutError | asyncio.TimeoutError):
+                text = f"timed out after {STORE_TIMEOUT_SECONDS:.0f}s"
             raise ChunkError(
-                f"nats: error storing chunked response for inv {invocation_id}: {error}"
+                f"nats: error storing chunked response for inv {invocation_id}: {text}"
             ) from None
+
+    async def _put_response(self, invocation_id: str, body: bytes) -> None:
+        name = f"{invocation_id}-r"
+        store = await self._object_store()
+        await store.put(name, body)  # 128 KiB chunks: each fits any server's max_payload
+        js = self._nc.jetstream()
+        meta = await js.get_last_msg(self._stream, encoded_meta_subject(self._bucket, name))
+        await js.publish(  # the same metadata under the raw name, for the OTP host's NIF
+            raw_meta_subject(self._bucket, name), meta.data, headers={"Nats-Rollup": "sub"}
+        )

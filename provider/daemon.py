@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
+import sys
+import threading
 import time
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 
-import nats
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -29,6 +31,7 @@ from contract.wire import (
     Subjects,
     parse_shutdown_host_id,
 )
+from provider import memory
 from provider.chunking import ChunkStore
 from provider.introspection import instance_status, start_service
 from provider.invocations import InvocationHandler
@@ -37,7 +40,7 @@ from provider.logs import redact_url
 from provider.metrics import Metrics
 from provider.natsconn import connect_options
 from provider.prometheus import start_from_environment as start_metrics_endpoint
-from provider.replication import Replicator, Standalone
+from provider.replication import Disabled, Replicator, Standalone
 from provider.replication.config import (
     REPLICATION_KEYS,
     ReplicationConfig,
@@ -45,10 +48,22 @@ from provider.replication.config import (
     parse_config_json,
 )
 from provider.replication.factory import build_replicator
+from provider.replication.signing import Trust, TrustError
 from provider.store import BUCKETS, Change, KeyValueStore
+from provider.store.codec import new_node_id
+from provider.supervisor import Supervisor
 from provider.verifier import SignatureVerifier
 
 log = structlog.get_logger("provider.daemon")
+
+#: A stop (signal or shutdown request) finishes its clean-up within this many seconds: the host
+#: waits 2 s for the shutdown acknowledgement, and every step of the clean-up has a bound.
+STOP_CLEANUP_SECONDS = 1.2
+#: Closing the lattice connection after the clean-up, at most.
+CLOSE_SECONDS = 0.4
+#: Past this many seconds after a stop was asked for, the process exits with status 0 whatever
+#: is still running (a last resort: the bounded steps above normally finish long before).
+STOP_DEADLINE_SECONDS = 1.8
 
 #: How long one pass over all keys takes (expired keys become tombstones, old tombstones are
 #: forgotten). Reads check deadlines themselves, so this only bounds memory, never correctness.
@@ -66,30 +81,62 @@ class ProviderDaemon:
         )
         self.links = LinkRegistry()
         self.metrics = Metrics()
-        self.store = KeyValueStore(node_id=uuid.uuid4().hex[:16])
+        self.store = KeyValueStore(node_id=new_node_id())
+        self.supervisor = Supervisor()
         self.replicator: Replicator = Standalone()
         self._stopped = asyncio.Event()
         self.started_at = time.monotonic()
         self._service = None
         self._nc: NATS | None = None
         self._tasks: list[asyncio.Task] = []
-        self._signal_task: asyncio.Task | None = None
+        self._starting: asyncio.Task | None = None  # start-up, cancelled by an early stop
+        self._stop_task: asyncio.Task | None = None  # the one stop, however it was asked for
+        self._acks: list[str] = []  # reply subjects of shutdown requests to acknowledge
+        self._handler: InvocationHandler | None = None
+        self._rpc_sub = None
         self.verifier = SignatureVerifier()
         self._outbox: list[tuple[str, bytes]] = []
         self._outbox_ready = asyncio.Event()
         self._replication: ReplicationConfig | None = None
         self._warned_link_config = False
         self._config_values = parse_config_json(host_data.config_json)
+        self.store.max_memory = memory.system_default_limit()
+        self._memory_source: str | None = None  # who set MAX_MEMORY: config_json or a link
 
     # ------------------------------------------------------------------ lifecycle
-    async def run(self) -> int:
-        hd = self.host_data
+    async def run(self, early_signals: Sequence[int] = ()) -> int:
+        """Serve until a shutdown request or SIGTERM/SIGINT, then return 0.
+
+        The signal handlers go in first, so a stop during start-up is not lost: it cancels the
+        start-up. ``early_signals`` are signals :mod:`provider.main` caught before the loop ran.
+        A start-up failure (no stop asked for) is raised: fatal, exit status 1.
+        """
         self._loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):  # `docker stop`, Ctrl-C: clean exit 0
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                self._loop.add_signal_handler(signum, self._on_signal, signum)
+        self._starting = starting = asyncio.create_task(self._start(), name="start-up")
+        for signum in early_signals[:1]:
+            self._on_signal(signum)
+        await asyncio.wait({starting})
+        error = None if starting.cancelled() else starting.exception()
+        if error is not None and self._stop_task is None:
+            raise error
+        await self._stopped.wait()
+        nc = self._nc
+        if nc is not None and not nc.is_closed:
+            await _bounded(nc.close(), CLOSE_SECONDS, "close lattice connection")
+        return 0
+
+    async def _start(self) -> None:
+        """Connect, wire the subjects to the handlers and start the background work."""
+        hd = self.host_data
         log.info(
             f"Starting capability provider {hd.provider_key} instance {self.instance} "
             f"with nats url {redact_url(hd.nats_url)}"
         )
-        self._nc = nc = await nats.connect(
+        self._nc = nc = NATS()  # known before connecting, so a stop can close it
+        await nc.connect(
             **connect_options(
                 hd.nats_url, f"nats-kvcache {hd.provider_key}", jwt_and_seed=hd.credentials()
             ),
@@ -109,13 +156,15 @@ class ProviderDaemon:
             send_reply=self._queue_reply,
         )
         self._tasks.append(asyncio.create_task(self._publish_replies_forever()))
+        if "MAX_MEMORY" in self._config_values:  # config_json wins over any link's MAX_MEMORY
+            self._configure_memory(self._config_values, "config_json")
         if "NATS_URL" in self._config_values:  # start-up config wins over any link's values
             self._configure_replication(self._config_values, "config_json")
         for link in hd.link_definitions:
             self._add_link(link, at_start=True)
 
         s = self.subjects
-        await nc.subscribe(s.rpc, queue=RPC_QUEUE_GROUP, cb=self._on_rpc)
+        self._rpc_sub = await nc.subscribe(s.rpc, queue=RPC_QUEUE_GROUP, cb=self._on_rpc)
         await nc.subscribe(s.link_put, cb=self._on_link_put)
         await nc.subscribe(s.link_del, cb=self._on_link_del)
         await nc.subscribe(s.shutdown, cb=self._on_shutdown)
@@ -129,40 +178,69 @@ class ProviderDaemon:
         )
         start_metrics_endpoint(self._status_from_another_thread)
         await nc.subscribe(s.health, cb=self._on_health)  # last: healthy implies subscribed
-        await nc.flush()
-        self._tasks.append(asyncio.create_task(self._sweep_forever()))
-        for signum in (signal.SIGTERM, signal.SIGINT):  # `docker stop`, Ctrl-C: clean exit 0
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                self._loop.add_signal_handler(signum, self._on_signal, signum)
+        await nc.flush(timeout=5)
+        self.supervisor.spawn("sweep", self._sweep_forever)
         log.info("provider ready", subjects=s.rpc, links=len(self.links))
-        await self._stopped.wait()
-        await asyncio.wait_for(nc.close(), timeout=2)
-        return 0
 
     def _on_signal(self, signum: int) -> None:
         # The provider archive's bootloader forwards the signal that the process group also
         # got, so the same stop can arrive twice: log (and act on) the first one only.
-        if self._signal_task is not None:
+        if self._stop_task is not None:
             log.debug("signal received again", signal=signal.Signals(signum).name)
             return
         log.info("signal received; shutting down", signal=signal.Signals(signum).name)
-        # Kept apart from _tasks, which _shutdown cancels.
-        self._signal_task = asyncio.create_task(self._stop_after_cleanup())
+        self._begin_stop()
 
-    async def _stop_after_cleanup(self) -> None:
-        await self._shutdown()
-        await self._nc.flush(timeout=1)
+    def _begin_stop(self) -> None:
+        """Start the one stop (kept apart from _tasks, which _shutdown cancels)."""
+        if self._stop_task is not None:
+            return
+        watchdog = threading.Timer(STOP_DEADLINE_SECONDS, _exit_now)
+        watchdog.daemon = True
+        watchdog.start()
+        self._stop_task = asyncio.create_task(self._stop(), name="stop")
+
+    async def _stop(self) -> None:
+        """Cancel a start-up still running, clean up, acknowledge shutdown requests, flush."""
+        deadline = self._loop.time() + STOP_CLEANUP_SECONDS
+        starting = self._starting
+        if starting is not None and not starting.done():
+            starting.cancel()
+            await asyncio.wait({starting}, timeout=self._left(deadline, 0.3))
+        try:
+            await self._shutdown(deadline)
+        except Exception:  # the clean-up is best effort; the exit must still happen
+            log.exception("clean-up failed")
+        nc = self._nc
+        if nc is not None and nc.is_connected:
+            for reply in self._acks:
+                with contextlib.suppress(Exception):
+                    await nc.publish(reply, SHUTDOWN_ACK)
+            flush = self._left(deadline, 0.3)
+            await _bounded(nc.flush(timeout=flush), flush + 0.05, "flush")
         self._stopped.set()
 
-    async def _shutdown(self) -> None:
+    def _left(self, deadline: float, cap: float) -> float:
+        """Seconds one clean-up step may take: at most ``cap``, within the deadline."""
+        return max(0.01, min(cap, deadline - self._loop.time()))
+
+    async def _shutdown(self, deadline: float | None = None) -> None:
+        """Stop taking calls, answer those in flight, stop everything else; each step bounded."""
+        if deadline is None:
+            deadline = self._loop.time() + STOP_CLEANUP_SECONDS
+        left = self._left
+        if self._rpc_sub is not None and self._nc is not None and self._nc.is_connected:
+            await _bounded(self._rpc_sub.unsubscribe(), left(deadline, 0.2), "unsubscribe")
+        await _bounded(self.verifier.stop(), left(deadline, 0.3), "stop verifier")
+        if self._handler is not None:  # calls waiting for I/O get a moment to finish
+            await self._handler.drain(left(deadline, 0.4))
         await self._publish_replies()  # calls already answered go out before we stop
         for task in self._tasks:
             task.cancel()
+        await self.supervisor.stop(timeout=left(deadline, 0.5))
         if self._service is not None:
-            with contextlib.suppress(Exception):
-                await self._service.stop()
-        await self.replicator.stop()
-        await self.verifier.stop()
+            await _bounded(self._service.stop(), left(deadline, 0.3), "stop service")
+        await _bounded(self.replicator.stop(), left(deadline, 0.6), "stop replication")
 
     # ------------------------------------------------------------------ RPC
     async def _on_rpc(self, msg: Msg) -> None:
@@ -184,6 +262,8 @@ class ProviderDaemon:
 
     async def _publish_replies(self) -> None:
         outbox, self._outbox = self._outbox, []
+        if self._nc is None:
+            return
         publish = self._nc.publish
         for subject, body in outbox:
             try:
@@ -218,6 +298,8 @@ class ProviderDaemon:
     def on_link(self, link: LinkDefinition) -> bool:
         """The provider's link hook: the first link decides how this instance replicates."""
         values = normalize(link.values)
+        if "MAX_MEMORY" in values and self._memory_source is None:
+            self._configure_memory(values, f"link {link.actor_id}")
         if self._replication is None:
             self._configure_replication({**values, **self._config_values}, f"link {link.actor_id}")
         elif any(key in values for key in REPLICATION_KEYS) and not self._warned_link_config:
@@ -230,6 +312,15 @@ class ProviderDaemon:
                     actor=link.actor_id,
                 )
         return True
+
+    def _configure_memory(self, values: dict[str, str], source: str) -> None:
+        """``MAX_MEMORY``, once: from config_json, else from the first link that sets it."""
+        self._memory_source = source
+        limit, problems = memory.limit_from_values(values, self.store.max_memory)
+        for problem in problems:
+            log.warning("memory setting rejected", problem=problem, source=source)
+        self.store.max_memory = limit
+        log.info("memory limit", max_memory=limit, source=source)
 
     def _replication_config_from(self, values: dict[str, str]) -> ReplicationConfig:
         hd = self.host_data
@@ -246,7 +337,18 @@ class ProviderDaemon:
         if not config.enabled:
             log.info("standalone: no NATS_URL configured", source=source)
             return
-        self.replicator = build_replicator(self.store, config)
+        try:
+            trust = Trust.from_host(self.host_data.invocation_seed, self.host_data.cluster_issuers)
+        except TrustError as error:
+            log.error("replication cannot start; serving local state only", error=str(error))
+            self.replicator = Disabled(f"replication disabled: {error}")
+            return
+        if not trust.signs_as_trusted:
+            log.warning(
+                "this host's invocation_seed is not among cluster_issuers: peers of this lattice "
+                "will refuse our replication messages"
+            )
+        self.replicator = build_replicator(self.store, config, trust)
         log.info(
             "replication configured",
             source=source,
@@ -291,6 +393,13 @@ class ProviderDaemon:
 
     def health(self) -> HealthCheckResponse:
         state = self.replicator.health()
+        crashed = self.supervisor.problem()
+        if crashed:
+            return HealthCheckResponse(False, crashed)
+        note = memory.health_note(self.store.used_memory, self.store.max_memory)
+        if note:  # near or over MAX_MEMORY: reads and deletes still work, so still healthy
+            message = f"{state.message}; {note}" if state.message else note
+            return HealthCheckResponse(state.healthy, message)
         return HealthCheckResponse(state.healthy, state.message)
 
     async def _on_health(self, msg: Msg) -> None:
@@ -311,13 +420,11 @@ class ProviderDaemon:
             log.debug("shutdown for another host ignored")
             return
         log.info("shutdown requested")
-        await self._shutdown()
-        nc = self._nc
-        await nc.publish(msg.reply, SHUTDOWN_ACK)
-        await nc.flush(timeout=1)
-        # Closing happens in run(): draining from inside a subscription callback would wait
-        # for this very callback to return.
-        self._stopped.set()
+        # The stop runs in its own task and acknowledges once the clean-up is done (the host
+        # kills the process right after the ack); closing happens in run(): draining from
+        # inside a subscription callback would wait for this very callback to return.
+        self._acks.append(msg.reply)
+        self._begin_stop()
 
     # ------------------------------------------------------------------ background
     async def _sweep_forever(self) -> None:
@@ -339,3 +446,28 @@ class ProviderDaemon:
 
     async def _on_reconnected(self) -> None:
         log.info("lattice connection restored")
+
+
+async def _bounded(awaitable: Awaitable, timeout: float, step: str) -> None:
+    """Await ``awaitable`` for at most ``timeout`` seconds; failures are logged, never raised.
+
+    It runs as its own task, and an overrun is cancelled *without* waiting for the cancellation
+    to be honoured: code that swallows a CancelledError (Python 3.11's ``asyncio.wait_for`` can
+    lose one when the awaited reply arrives at the same moment) cannot hold up a stop.
+    """
+    task = asyncio.ensure_future(awaitable)
+    done, _ = await asyncio.wait({task}, timeout=max(timeout, 0.01))
+    if not done:
+        task.cancel()
+        log.warning("stop step overran; abandoned", step=step, seconds=round(timeout, 2))
+    elif not task.cancelled() and task.exception() is not None:
+        log.debug("stop step failed", step=step, error=str(task.exception()))
+
+
+def _exit_now() -> None:
+    """The stop deadline passed (timer thread): exit with status 0 at once."""
+    log.warning("stop not finished in time; exiting now", seconds=STOP_DEADLINE_SECONDS)
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+        sys.stdout.flush()
+    os._exit(0)

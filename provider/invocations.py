@@ -4,6 +4,12 @@ Steps, in the spec's order: decode the envelope, fetch a chunked body, validate 
 issuer / target / link, dispatch, reply. Every request that has a reply subject gets a decodable
 InvocationResponse, whatever it contained; a refused call changes nothing.
 
+One deliberate change of order for chunked calls (body in the object store): the signature,
+issuer, target and link are checked *before* the body is downloaded, so a call with forged or
+foreign claims costs no download (and leaves the object where it is: deleting it on behalf of an
+unauthenticated caller would let anyone delete another call's body). The hash and URL checks
+run on the fetched body as usual.
+
 This is the product's hot path (``bench/rpc.py``). Calls arriving together are handled as a
 pipeline: :meth:`InvocationHandler.receive` decodes and pre-checks each call at once, their
 signatures are verified as one batch (on the second core under load, see
@@ -21,6 +27,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from contract._fields import FieldError
 from contract.claims import (
     ClaimsError,
     PreparedClaims,
@@ -31,10 +38,21 @@ from contract.claims import (
     target_mismatch_error,
     unlinked_actor_error,
 )
-from contract.codec import DecodeError
-from contract.keyvalue import ArgumentError, UnknownOperationError, resolve_operation
+from contract.codec import MAX_MESSAGE_BYTES, DecodeError, unpack
+from contract.keyvalue import (
+    _CONVERTERS,
+    ArgumentError,
+    Operation,
+    UnknownOperationError,
+    resolve_operation,
+)
 from contract.wire import HostData, Invocation, InvocationResponse
-from provider.chunking import RESPONSE_CHUNK_THRESHOLD, ChunkError, ChunkStore
+from provider.chunking import (
+    MAX_CHUNKED_BYTES,
+    RESPONSE_CHUNK_THRESHOLD,
+    ChunkError,
+    ChunkStore,
+)
 from provider.kvservice import execute
 from provider.links import LinkRegistry
 from provider.metrics import Metrics
@@ -63,6 +81,17 @@ MAX_BATCH = 16
 
 class _Refused(Exception):
     """A provider-side check failed (issuer, target, link)."""
+
+
+def decode_argument(operation: Operation, msg: bytes) -> object:
+    """``operation.decode_input``, also for a chunked argument over the 1 MiB message limit
+    (up to :data:`~provider.chunking.MAX_CHUNKED_BYTES`)."""
+    if len(msg) <= MAX_MESSAGE_BYTES:
+        return operation.decode_input(msg)
+    try:
+        return _CONVERTERS[operation.input_type][0](unpack(msg, max_bytes=MAX_CHUNKED_BYTES))
+    except (DecodeError, FieldError) as exc:
+        raise ArgumentError(operation.input_type, str(exc)) from None
 
 
 class InvocationHandler:
@@ -161,6 +190,15 @@ class InvocationHandler:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def drain(self, timeout: float) -> None:
+        """Let calls still waiting for I/O finish (their replies are queued) for up to
+        ``timeout`` seconds, then cancel the rest without waiting for them."""
+        pending = set(self._tasks)
+        if pending and timeout > 0:
+            _, pending = await asyncio.wait(pending, timeout=timeout)
+        for task in pending:
+            task.cancel()
+
     # ------------------------------------------------------------------ one call at a time
     async def handle(self, data: bytes) -> InvocationResponse:
         """Process one raw message body start to finish; never raises."""
@@ -172,9 +210,9 @@ class InvocationHandler:
         return await self._handle_decoded(inv, started)
 
     async def _handle_decoded(self, inv: Invocation, started: float) -> InvocationResponse:
+        if inv.content_length is not None and inv.content_length > len(inv.msg):
+            return await self._handle_chunked(inv, started)
         try:
-            if inv.content_length is not None and inv.content_length > len(inv.msg):
-                inv.msg = await self._chunks.fetch_request(inv.id, inv.content_length)
             prepared = prepare_claims(inv)
             ok = signature_valid(prepared.issuer_key, prepared.signing_input, prepared.signature)
             output, change = self._execute(inv, prepared, ok)
@@ -188,19 +226,44 @@ class InvocationHandler:
         except Exception as error:  # a bug must cost one call, not the process
             return self._crashed(inv, error, started)
 
+    async def _handle_chunked(self, inv: Invocation, started: float) -> InvocationResponse:
+        """A call whose body waits in the object store: claims first, then the download."""
+        try:
+            prepared = prepare_claims(inv)
+            ok = signature_valid(prepared.issuer_key, prepared.signing_input, prepared.signature)
+            if not ok:  # finish_claims' first check, before anything is downloaded
+                raise ClaimsError("Invocation claims signature invalid")
+            self._check_caller(inv, prepared.claims)
+            async with self._chunks.request_body(inv.id, inv.content_length) as body:
+                inv.msg = body
+                output, change = self._execute(inv, prepared, ok)
+                inv.msg = b""  # the body's memory is free once the slot is
+            if change is not None:
+                durable = self._publish_change(change)
+                if durable is not None:
+                    await durable
+            return await self._respond(inv, output, started)
+        except (*_REFUSALS, _Refused) as error:
+            return self._refused(inv, error, started)
+        except Exception as error:
+            return self._crashed(inv, error, started)
+
     # ------------------------------------------------------------------ shared steps
-    def _execute(
-        self, inv: Invocation, prepared: PreparedClaims, signature_ok: bool
-    ) -> tuple[bytes, Change | None]:
-        claims = finish_claims(inv, prepared, signature_ok)
+    def _check_caller(self, inv: Invocation, claims: dict) -> None:
+        """The provider's own checks (spec §6 step 4): trusted issuer, this target, a link."""
         if claims["iss"] not in self._issuers:
             raise _Refused(issuer_not_trusted_error())
         if inv.target.public_key != self._provider_key:
             raise _Refused(target_mismatch_error(inv.target.public_key, self._host_id))
         if inv.origin.public_key not in self._links:
             raise _Refused(unlinked_actor_error(inv.origin.public_key))
+
+    def _execute(
+        self, inv: Invocation, prepared: PreparedClaims, signature_ok: bool
+    ) -> tuple[bytes, Change | None]:
+        self._check_caller(inv, finish_claims(inv, prepared, signature_ok))
         operation = resolve_operation(inv.operation)
-        return execute(self._store, operation, operation.decode_input(inv.msg))
+        return execute(self._store, operation, decode_argument(operation, inv.msg))
 
     async def _respond(self, inv: Invocation, output: bytes, started: float) -> InvocationResponse:
         if len(output) > RESPONSE_CHUNK_THRESHOLD:

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +26,7 @@ from contract.nkeys import KeyPair
 from contract.wire import HostData
 from tests.harness.fakehost import FakeHost
 from tests.harness.processes import ProviderProcess, wait_for
+from tests.harness.proxy import FaultProxy
 
 HostFactory = Callable[..., Awaitable[FakeHost]]
 
@@ -353,3 +357,105 @@ async def test_logs_never_contain_seeds_or_jwts(
         secrets[f"signature {signature[:12]}"] = signature
     leaked = [name for name, secret in secrets.items() if secret in output]
     assert not leaked
+
+
+# -- clean exits in every state (issue #11 item 5) -------------------------------------------
+
+EXIT_WITHIN = 2.0  # seconds, from SIGTERM or the shutdown request to the process being gone
+
+
+async def _exit_time(host: FakeHost, started: float) -> tuple[int, float]:
+    code = await host.wait_exit(10)
+    return code, time.monotonic() - started
+
+
+@pytest.mark.parametrize("server", ["blackholed", "real"])
+async def test_sigterm_during_start_up_exits_zero_within_two_seconds(
+    fake_host_factory: HostFactory, server: str
+) -> None:
+    """A SIGTERM while the provider is still connecting is not lost: exit 0, quickly. With a
+    server that accepts TCP but never speaks NATS, start-up would otherwise hang in connect."""
+    host = await fake_host_factory(start=False)
+    with socket.socket() as blackhole:
+        blackhole.bind(("127.0.0.1", 0))
+        blackhole.listen(16)  # the kernel completes handshakes; nobody ever answers
+        if server == "blackholed":
+            host.host_data.lattice_rpc_url = f"127.0.0.1:{blackhole.getsockname()[1]}"
+        await host.start(wait_healthy=False)
+        await wait_for_log(host, "Starting capability provider", timeout=10)
+        started = time.monotonic()
+        host.process.terminate()
+        code, elapsed = await _exit_time(host, started)
+    assert code == 0, host.stderr()
+    assert elapsed < EXIT_WITHIN, f"exit took {elapsed:.2f}s"
+    assert "signal received; shutting down" in host.stderr()
+    assert "fatal" not in host.stderr()
+
+
+async def test_sigterm_with_the_nats_server_gone_exits_zero(fake_host: FakeHost) -> None:
+    """The lattice server died: a SIGTERM still ends in a clean exit 0 (this used to be
+    ``fatal: RuntimeError … handler is closed``, exit 1)."""
+    await fake_host.kv.set("lifecycle:gone", "x")
+    fake_host.server.kill()
+    await wait_for_log(fake_host, "lattice connection lost")
+    started = time.monotonic()
+    fake_host.process.terminate()
+    code, elapsed = await _exit_time(fake_host, started)
+    assert code == 0, fake_host.stderr()
+    assert elapsed < EXIT_WITHIN, f"exit took {elapsed:.2f}s"
+    assert "fatal" not in fake_host.stderr()
+
+
+async def test_shutdown_request_with_calls_in_flight_exits_zero_quickly(
+    fake_host: FakeHost,
+) -> None:
+    """A shutdown request while calls keep arriving: ack, then exit 0 within 2 s."""
+    kv = fake_host.kv
+    await kv.set("lifecycle:busy", "x")
+    stop = asyncio.Event()
+
+    async def keep_calling() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):
+                await fake_host.client_for(fake_host.keys.actor, timeout=0.5).get("lifecycle:busy")
+
+    callers = [asyncio.create_task(keep_calling()) for _ in range(8)]
+    try:
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        assert await fake_host.shutdown() == SHUTDOWN_ACK
+        code, elapsed = await _exit_time(fake_host, started)
+    finally:
+        stop.set()
+        await asyncio.gather(*callers)
+    assert code == 0, fake_host.stderr()
+    assert elapsed < EXIT_WITHIN, f"exit took {elapsed:.2f}s"
+
+
+async def test_sigterm_during_a_stalled_jetstream_write_exits_zero(
+    fake_host_factory: HostFactory, fault_proxy: FaultProxy
+) -> None:
+    """JetStream mode, and the replication server stops answering while a Set waits for its
+    write to be acknowledged: a SIGTERM still ends in exit 0 within 2 s."""
+    values = {"NATS_URL": fault_proxy.url, "REPLICATION": "jetstream", "CACHE_PREFIX": "lcjs"}
+    host = await fake_host_factory(start=False, config_json=json.dumps(values))
+    await host.start()
+
+    async def durable_set() -> bool:
+        await host.kv.set("lifecycle:js", "stored")
+        return True
+
+    await wait_for(durable_set, 10, message="a durable set")
+    fault_proxy.stall()
+    writer = asyncio.create_task(host.client_for(host.keys.actor, timeout=5).set("js:b", "v"))
+    await asyncio.sleep(0.3)  # the write is now waiting for an acknowledgement
+    assert not writer.done()
+    started = time.monotonic()
+    host.process.terminate()
+    code, elapsed = await _exit_time(host, started)
+    fault_proxy.heal()
+    with contextlib.suppress(Exception):
+        await writer
+    assert code == 0, host.stderr()
+    assert elapsed < EXIT_WITHIN, f"exit took {elapsed:.2f}s"
+    assert "fatal" not in host.stderr()
