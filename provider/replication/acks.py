@@ -66,6 +66,10 @@ class AckTracker:
         """``peer`` applied everything up to ``seq`` (a stream applied in order)."""
         self.acked(peer, [s for s in list(self._outstanding) if s <= seq] or [seq])
 
+    def caught_up(self, peer: str) -> None:
+        """``peer`` is known to hold everything we hold (equal digests): no longer lagging."""
+        self.lagging.pop(peer, None)
+
     def expire(self, seq: int) -> list[str]:
         """The bound for batch ``seq`` passed: answer its writes; returns the peers now lagging."""
         outstanding = self._outstanding.pop(seq, None)

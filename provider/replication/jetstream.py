@@ -157,6 +157,7 @@ class JetStreamReplicator:
         self.supervisor = Supervisor(clock=clock)
         self._stopping = False
         self._announcing = False
+        self._applied_seq = 0
         self._ready = asyncio.Event()
         self._created = clock()
         self._drop_logs: list[float] = []
@@ -440,11 +441,14 @@ class JetStreamReplicator:
         message = self.channel.open(msg, (Kind.ACK,))
         if message is not None and message.node != self.node:
             self.peers.saw(message.node, self._clock())
+            if message.acks:  # how far it has applied the stream: a lagging peer catches up
+                self.acks.acked_up_to(message.node, max(message.acks))
 
     async def _announce_forever(self) -> None:
-        """Tell writers we tail the stream (after our replay), once per period."""
-        beacon = m.encode(m.Message(Kind.ACK, self.node))
+        """Tell writers we tail the stream (after our replay), and how far, once per period."""
         while True:
+            applied = [self._applied_seq] if self._applied_seq else []
+            beacon = m.encode(m.Message(Kind.ACK, self.node, acks=applied))
             with contextlib.suppress(Exception):
                 await self.channel.publish(self._presence_subject, beacon)
             self.acks.forget(p.node for p in self.peers.live(self._clock()))
@@ -468,6 +472,7 @@ class JetStreamReplicator:
     async def _on_record(self, msg: Msg) -> None:
         meta = msg.metadata
         writer = self._apply(msg.data, msg.subject, meta.sequence.stream)
+        self._applied_seq = max(self._applied_seq, meta.sequence.stream)
         if writer and writer != self.node:
             self._queue_ack(writer, meta.sequence.stream)
         if not self._replaying:

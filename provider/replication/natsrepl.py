@@ -417,6 +417,8 @@ class NatsReplicator:
             self.supervisor.run_once("repair", self._repair(peer, differing))
         elif not differing:
             self.last_anti_entropy = time.time()
+        if not differing:  # it holds exactly what we hold: whatever it missed, it has now
+            self.acks.caught_up(peer)
 
     async def _repair(self, peer: str, candidates: list[int]) -> None:
         """Reconcile the differing buckets with ``peer``, in bounded messages.
