@@ -400,31 +400,41 @@ async def _seeder_main(args: argparse.Namespace) -> None:
     """Fill a store in-process, then serve it with the provider's own replicator."""
     import nats
 
+    from contract.nkeys import KeyPair
     from provider import logs
     from provider.replication import messages as m
     from provider.replication.config import ReplicationConfig
     from provider.replication.natsrepl import NatsReplicator
+    from provider.replication.signing import HEADER_BYTES, Trust, seal
     from provider.store import KeyValueStore
+    from provider.store.codec import new_node_id
 
     logs.configure(structured=True, log_level="warning")
-    store = KeyValueStore(node_id=uuid.uuid4().hex[:16])
+    seed = sys.stdin.readline().strip()  # the lattice's cluster seed: never on the command line
+    trust = Trust.from_host(seed, [KeyPair.from_seed(seed).public_key])
+    store = KeyValueStore(node_id=new_node_id())
     for i in range(args.count):
         store.set(f"user:{i}:session", f"{i:032x}")
     config = ReplicationConfig.from_values(
         {"NATS_URL": args.url}, lattice_prefix=args.prefix, link_name=common.LINK_NAME
     )
-    replicator = NatsReplicator(store, config)
+    replicator = NatsReplicator(store, config, trust)
     await replicator.start()
     probe = await nats.connect(args.url, name="kvbench-seeder-probe")
-    hello = m.encode(m.Message("sr", "probe"))
+    hello = m.encode(m.Message(m.Kind.SNAPSHOT_HELLO, new_node_id()))
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # ready = it answers a snapshot hello
+    while time.monotonic() < deadline:  # ready = it answers a (signed) snapshot hello
+        inbox = probe.new_inbox()
+        sub = await probe.subscribe(inbox)
         try:
-            reply = await probe.request(config.replay_subject, hello, timeout=0.5)
-            if m.decode(reply.data).keys == args.count:
+            await probe.publish(config.replay_subject, seal(trust, hello, inbox), reply=inbox)
+            reply = await sub.next_msg(timeout=0.5)
+            if m.decode(reply.data[HEADER_BYTES:]).keys == args.count:
                 break
         except Exception:
             await asyncio.sleep(0.05)
+        finally:
+            await sub.unsubscribe()
     await probe.close()
     print("ready", flush=True)
     await asyncio.Event().wait()
@@ -449,9 +459,12 @@ def run_replay(args: argparse.Namespace, ws: Workspace, server: Any) -> dict[str
                 str(size),
             ],
             f"seeder{size}",
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
-        assert seeder.stdout is not None
+        assert seeder.stdin is not None and seeder.stdout is not None
+        seeder.stdin.write(lattice.cluster.seed.encode() + b"\n")
+        seeder.stdin.flush()
         if seeder.stdout.readline().strip() != b"ready":
             raise RuntimeError(f"seeder failed:\n{ws.log_tail(f'seeder{size}')}")
         seed_seconds = time.monotonic() - t0
