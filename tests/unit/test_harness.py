@@ -219,7 +219,13 @@ async def test_cluster_replicated_stream_survives_killing_a_node(
     async with client(nats_cluster.urls, **FAST_RECONNECT) as nc:
         js = nc.jetstream()
         await js.add_stream(StreamConfig(name="R3", subjects=["r3.>"], num_replicas=3))
-        await js.publish("r3.a", b"1")
+
+        async def first_publish_ok() -> bool:
+            # A new R3 stream answers only once its leader is elected (slow on a loaded machine).
+            await js.publish("r3.a", b"1", timeout=1, headers={"Nats-Msg-Id": "first"})
+            return True
+
+        await wait_for(first_publish_ok, 20, interval=0.2, message="R3 stream leader elected")
         info = await js.stream_info("R3")
         assert info.cluster is not None and len(info.cluster.replicas or []) == 2
 
