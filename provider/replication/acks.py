@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -98,6 +99,25 @@ class AckTracker:
     @property
     def outstanding(self) -> int:
         return len(self._outstanding)
+
+    def lagging_note(self) -> str | None:
+        """The health note naming lagging peers (both backends), or None."""
+        if not self.lagging:
+            return None
+        return (
+            f"lagging peers {', '.join(sorted(self.lagging))}: writes do not wait for them, "
+            "and they may serve stale reads until they confirm again"
+        )
+
+
+def report_late(log: Any, late: list[str], timeout_ms: int) -> None:
+    """Log the peers :meth:`AckTracker.expire` just marked lagging (if any)."""
+    if late:
+        log.warning(
+            "peer did not confirm a write in time; answering without it, marked lagging",
+            peers=late,
+            timeout_ms=timeout_ms,
+        )
 
 
 def _resolve(futures: list[asyncio.Future]) -> None:

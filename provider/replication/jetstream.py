@@ -45,7 +45,7 @@ from provider.store.hlc import wall_ms
 from provider.supervisor import Supervisor
 
 from . import messages as m
-from .acks import AckTracker
+from .acks import AckTracker, report_late
 from .base import ReplicationError, ReplicationHealth, health_grace_secs
 from .channel import SignedChannel
 from .config import ReplicationConfig
@@ -183,7 +183,6 @@ class JetStreamReplicator:
             "dropped_messages": 0,
             "untrusted_messages": 0,
             "clock_refused": 0,
-            "ack_timeouts": 0,
         }
         # Read-your-writes (WRITE_ACK=peers): peers announce themselves on a core subject and
         # confirm the stream sequence they applied; a write waits for the live ones (bounded).
@@ -421,14 +420,7 @@ class JetStreamReplicator:
             await asyncio.wait_for(
                 asyncio.shield(confirmed), self.config.write_ack_timeout_ms / 1000
             )
-        late = self.acks.expire(seq)
-        if late:
-            self.counters["ack_timeouts"] += 1
-            log.warning(
-                "peer did not confirm a write in time; answering without it, marked lagging",
-                peers=late,
-                timeout_ms=self.config.write_ack_timeout_ms,
-            )
+        report_late(log, self.acks.expire(seq), self.config.write_ack_timeout_ms)
 
     async def _on_ack(self, msg: Msg) -> None:
         message = self.channel.open(msg, (Kind.ACK,))
@@ -561,11 +553,9 @@ class JetStreamReplicator:
                 "serving local state",
             )
         notes = ["replaying"] if self._replaying else []
-        if self.acks.lagging:
-            notes.append(
-                f"lagging peers {', '.join(sorted(self.acks.lagging))}: writes do not wait for "
-                "them, and they may serve stale reads until they confirm again"
-            )
+        lagging = self.acks.lagging_note()
+        if lagging:
+            notes.append(lagging)
         return ReplicationHealth(True, "; ".join(notes) or None)
 
     def status(self) -> dict:
@@ -578,6 +568,7 @@ class JetStreamReplicator:
             "write_ack": self.config.write_ack,
             "peers": [p.node for p in self.peers.live(self._clock())],
             "lagging_peers": sorted(self.acks.lagging),
+            "ack_timeouts": self.acks.timeouts,
             "keys_in_stream": len(self._seqs),
             "replay_seconds": self.replay_seconds,
             **self.counters,

@@ -43,7 +43,7 @@ from provider.supervisor import Supervisor
 
 from . import exchange
 from . import messages as m
-from .acks import AckTracker
+from .acks import AckTracker, report_late
 from .base import ReplicationHealth, health_grace_secs
 from .channel import SignedChannel
 from .config import ReplicationConfig
@@ -132,7 +132,6 @@ class NatsReplicator:
             "dropped_messages": 0,
             "untrusted_messages": 0,
             "clock_refused": 0,
-            "ack_timeouts": 0,
             "repairs": 0,
             "repair_changes_in": 0,
             "repair_changes_out": 0,
@@ -296,14 +295,7 @@ class NatsReplicator:
             asyncio.get_running_loop().call_later(timeout, self._ack_deadline, seq)
 
     def _ack_deadline(self, seq: int) -> None:
-        late = self.acks.expire(seq)
-        if late:
-            self.counters["ack_timeouts"] += 1
-            log.warning(
-                "peer did not confirm a write in time; answering without it, marked lagging",
-                peers=late,
-                timeout_ms=self.config.write_ack_timeout_ms,
-            )
+        report_late(log, self.acks.expire(seq), self.config.write_ack_timeout_ms)
 
     async def _on_batch(self, msg: Msg) -> None:
         message = self.channel.open(msg, (Kind.CHANGES,))
@@ -630,11 +622,9 @@ class NatsReplicator:
                 f"refusing changes from peer {peer}: its clock runs {ahead} ms ahead "
                 f"(MAX_CLOCK_OFFSET_MS={self.config.max_clock_offset_ms})"
             )
-        if self.acks.lagging:
-            notes.append(
-                f"lagging peers {', '.join(sorted(self.acks.lagging))}: writes do not wait for "
-                "them, and they may serve stale reads until they confirm again"
-            )
+        lagging = self.acks.lagging_note()
+        if lagging:
+            notes.append(lagging)
         return ReplicationHealth(True, "; ".join(notes) or None)
 
     def status(self) -> dict:
@@ -647,6 +637,7 @@ class NatsReplicator:
             "write_ack": self.config.write_ack,
             "peers": [p.node for p in self.peers.live(now)],
             "lagging_peers": sorted(self.acks.lagging),
+            "ack_timeouts": self.acks.timeouts,
             "clock_offenders": [peer for peer, _ in _recent(self._clock_offenders, now)],
             "refused_by": [peer for peer, _ in _recent(self._refused_by, now)],
             "last_anti_entropy": self.last_anti_entropy,
