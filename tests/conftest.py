@@ -20,6 +20,7 @@ from tests.harness.fakehost import FakeHost
 from tests.harness.natsserver import NatsCluster, NatsServer
 from tests.harness.processes import ProviderProcess, kill_all_children, tail
 from tests.harness.proxy import FaultProxy
+from tests.harness.replicas import ReplicaSet
 
 _LOGS = pytest.StashKey[list[tuple[str, Path]]]()
 
@@ -198,3 +199,12 @@ async def module_fake_host_factory(
     """``fake_host_factory`` for the module's event loop; hosts are stopped after the module."""
     async with _hosts_on(module_nats_server, module_provider_factory) as make:
         yield make
+
+
+@pytest.fixture
+async def replicas(
+    nats_server: NatsServer, log_dir: Path, provider_factory: Callable[..., ProviderProcess]
+) -> AsyncIterator[ReplicaSet]:
+    """Provider instances of one lattice identity on ``nats_server`` (killed at the end)."""
+    async with ReplicaSet(nats_server.url, log_dir, provider_factory) as replica_set:
+        yield replica_set

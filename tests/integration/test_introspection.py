@@ -112,14 +112,6 @@ async def run_cli(cwd: Path, *args: str, timeout: float = 20) -> subprocess.Comp
 
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture
-async def replicas(
-    nats_server: NatsServer, log_dir: Path, provider_factory: Callable[..., ProviderProcess]
-) -> AsyncIterator[ReplicaSet]:
-    async with ReplicaSet(nats_server.url, log_dir, provider_factory) as replica_set:
-        yield replica_set
-
-
-@pytest.fixture
 async def pair(replicas: ReplicaSet) -> tuple[Replica, Replica]:
     """Two replicating instances (lattices ``lat-a`` and ``lat-b``) with traffic both ways.
 

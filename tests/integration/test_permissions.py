@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import nats
 import pytest
 
 from tests.harness.natsserver import HOST, NatsServer
-from tests.harness.processes import ProviderProcess
 from tests.harness.replicas import ReplicaSet, wait_converged
 
 CONFIG = Path(__file__).resolve().parents[2] / "docs" / "security" / "replication-server.conf"
@@ -37,14 +36,6 @@ def guarded_server(tmp_path: Path, attach_log: Callable[[str, Path], None]) -> I
         yield server
     finally:
         server.kill()
-
-
-@pytest.fixture
-async def replicas(
-    nats_server: NatsServer, log_dir: Path, provider_factory: Callable[..., ProviderProcess]
-) -> AsyncIterator[ReplicaSet]:
-    async with ReplicaSet(nats_server.url, log_dir, provider_factory) as replica_set:
-        yield replica_set
 
 
 @pytest.mark.parametrize("mode", ["nats", "jetstream"])

@@ -11,13 +11,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 
-from tests.harness.natsserver import NatsServer
-from tests.harness.processes import ProviderProcess
 from tests.harness.proxy import FaultProxy
 from tests.harness.replicas import Replica, ReplicaSet, wait_converged
 
@@ -35,14 +31,6 @@ def repl_values(url: str, tag: str, mode: str = "nats", **extra: str) -> dict[st
         "REPLAY_HEARTBEAT_SECS": str(PERIOD),
         **extra,
     }
-
-
-@pytest.fixture
-async def replicas(
-    nats_server: NatsServer, log_dir: Path, provider_factory: Callable[..., ProviderProcess]
-) -> AsyncIterator[ReplicaSet]:
-    async with ReplicaSet(nats_server.url, log_dir, provider_factory) as replica_set:
-        yield replica_set
 
 
 async def connected_pair(

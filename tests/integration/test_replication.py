@@ -16,8 +16,6 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import msgpack
 import nats
@@ -30,7 +28,6 @@ from provider.store import Change, bucket_of
 from provider.store.codec import encode_change
 from provider.store.entry import Entry, Kind
 from tests.harness.natsserver import NatsServer
-from tests.harness.processes import ProviderProcess
 from tests.harness.proxy import FaultProxy
 from tests.harness.replicas import Replica, ReplicaSet, gather_limited, wait_converged
 
@@ -48,14 +45,6 @@ def repl_values(url: str, tag: str, **extra: str) -> dict[str, str]:
         "REPLAY_HEARTBEAT_SECS": str(PERIOD),
         **extra,
     }
-
-
-@pytest.fixture
-async def replicas(
-    nats_server: NatsServer, log_dir: Path, provider_factory: Callable[..., ProviderProcess]
-) -> AsyncIterator[ReplicaSet]:
-    async with ReplicaSet(nats_server.url, log_dir, provider_factory) as replica_set:
-        yield replica_set
 
 
 @pytest.fixture

@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgpack
@@ -31,7 +30,6 @@ from provider.store.entry import Entry
 from provider.store.entry import Kind as EntryKind
 from provider.store.hlc import LOGICAL_BITS, wall_ms
 from tests.harness.natsserver import NatsServer
-from tests.harness.processes import ProviderProcess
 from tests.harness.replicas import Replica, ReplicaSet, wait_converged
 
 PERIOD = 1.0
@@ -47,14 +45,6 @@ def repl_values(url: str, tag: str, **extra: str) -> dict[str, str]:
         "REPLAY_HEARTBEAT_SECS": str(PERIOD),
         **extra,
     }
-
-
-@pytest.fixture
-async def replicas(
-    nats_server: NatsServer, log_dir: Path, provider_factory: Callable[..., ProviderProcess]
-) -> AsyncIterator[ReplicaSet]:
-    async with ReplicaSet(nats_server.url, log_dir, provider_factory) as replica_set:
-        yield replica_set
 
 
 @pytest.fixture
