@@ -18,10 +18,27 @@ from contract import _fields as f
 from contract.codec import WireError, pack_json
 from contract.links import LinkDefinition
 
-__all__ = ["DEFAULT_NATS_URL", "TEST_MODE_HOST_ID", "HostData", "HostDataError"]
+__all__ = [
+    "DEFAULT_NATS_URL",
+    "TEST_MODE_HOST_ID",
+    "HostData",
+    "HostDataError",
+    "normalize_nats_url",
+]
 
 TEST_MODE_HOST_ID = "_TEST_"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+
+
+def normalize_nats_url(value: str | None) -> str:
+    """One server or a comma-separated list, each ``host:port`` given the ``nats://`` scheme.
+
+    The OTP host, link values and operators all write bare ``host:port``; nats-py needs a
+    scheme. Every place that accepts a NATS address goes through here, so they all agree on
+    lists, blanks and schemes. Returns ``""`` when nothing usable is left.
+    """
+    parts = [part.strip() for part in (value or "").split(",") if part.strip()]
+    return ",".join(part if "://" in part else f"nats://{part}" for part in parts)
 
 
 class HostDataError(ValueError):
@@ -163,12 +180,7 @@ class HostData:
     @property
     def nats_url(self) -> str:
         """NATS address for a Python client (the OTP host sends ``host:port`` without scheme)."""
-        url = self.lattice_rpc_url.strip()
-        if not url:
-            return DEFAULT_NATS_URL
-        if "://" not in url:
-            return f"nats://{url}"
-        return url
+        return normalize_nats_url(self.lattice_rpc_url) or DEFAULT_NATS_URL
 
     def credentials(self) -> tuple[str, str] | None:
         """``(jwt, seed)`` for JWT+nkey auth, ``None`` if anonymous; half-configured is an error."""

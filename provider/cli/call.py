@@ -24,6 +24,7 @@ from typing import Any
 import nats.errors
 
 from contract.client import KeyValueClient, KeyValueError
+from contract.hostdata import DEFAULT_NATS_URL, normalize_nats_url
 from contract.keyvalue import (
     OPERATIONS,
     ArgumentError,
@@ -38,7 +39,6 @@ from contract.keyvalue import (
 from contract.nkeys import KeyPair, NKeyError
 from provider.cli import state as statefile
 from provider.cli.common import (
-    DEFAULT_NATS_URL,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_UNREACHABLE,
@@ -48,7 +48,6 @@ from provider.cli.common import (
     connect,
     error,
     warn,
-    with_scheme,
 )
 
 SEED_ENV = "NATS_KVCACHE_SEED"
@@ -269,7 +268,7 @@ def resolve_connection(args: argparse.Namespace) -> Connection:
         saved = statefile.read(location)
     except statefile.StateError as failure:
         raise UsageError(str(failure)) from None
-    nats_url = with_scheme(args.nats_url or saved.nats_url or DEFAULT_NATS_URL)
+    nats_url = normalize_nats_url(args.nats_url or saved.nats_url or DEFAULT_NATS_URL)
     seed = read_seed(args)
     values = {
         "provider_key": args.provider_key or saved.provider_key,

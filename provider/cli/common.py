@@ -21,7 +21,6 @@ from provider.logs import redact_url
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 CONSOLE_SCRIPT = "nats-kvcache"
 
 #: Set to any non-empty value to get a traceback for an unexpected error.
@@ -43,12 +42,6 @@ def error(command: str, message: str) -> None:
 
 def warn(command: str, message: str) -> None:
     print(f"nats-kvcache {command}: warning: {message}", file=sys.stderr, flush=True)
-
-
-def with_scheme(url: str) -> str:
-    """Accept the host's scheme-less ``host:port`` form (comma-separated lists too)."""
-    parts = [u.strip() for u in url.split(",") if u.strip()]
-    return ",".join(u if "://" in u else f"nats://{u}" for u in parts)
 
 
 class QuietCallbacks:

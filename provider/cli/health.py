@@ -33,11 +33,11 @@ import nats
 import nats.errors
 
 from contract.codec import pack
+from contract.hostdata import DEFAULT_NATS_URL, normalize_nats_url
 from contract.nkeys import NKeyError
 from contract.wire import HealthCheckResponse, Subjects
 from provider.cli import state as statefile
 from provider.cli.common import (
-    DEFAULT_NATS_URL,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_UNREACHABLE,
@@ -46,7 +46,6 @@ from provider.cli.common import (
     UsageError,
     connect,
     error,
-    with_scheme,
 )
 from provider.natsconn import connect_options
 
@@ -88,7 +87,7 @@ def resolve(args: argparse.Namespace) -> Target:
     except statefile.StateError as failure:
         raise UsageError(str(failure)) from None
     env = os.environ.get
-    url = with_scheme(args.nats_url or env(ENV_URL) or saved.nats_url or DEFAULT_NATS_URL)
+    url = normalize_nats_url(args.nats_url or env(ENV_URL) or saved.nats_url or DEFAULT_NATS_URL)
     provider_key = args.provider_key or env(ENV_PROVIDER_KEY) or saved.provider_key
     if not provider_key:
         hint = "" if location.path.exists() else f" ({location.not_found()})"

@@ -14,9 +14,9 @@ import json
 import time
 from typing import Any
 
+from contract.hostdata import DEFAULT_NATS_URL, normalize_nats_url
 from provider.cli import state as statefile
 from provider.cli.common import (
-    DEFAULT_NATS_URL,
     EXIT_FAILED,
     EXIT_OK,
     EXIT_UNREACHABLE,
@@ -24,7 +24,6 @@ from provider.cli.common import (
     Unreachable,
     connect,
     error,
-    with_scheme,
 )
 from provider.introspection import STATS_SUBJECT
 
@@ -116,7 +115,7 @@ async def _run(args: argparse.Namespace) -> int:
     if args.window <= 0:
         error("status", "--window must be > 0")
         return EXIT_USAGE
-    url = with_scheme(args.nats_url or saved.nats_url or DEFAULT_NATS_URL)
+    url = normalize_nats_url(args.nats_url or saved.nats_url or DEFAULT_NATS_URL)
     hint = "pass --nats-url" if saved.nats_url else "start `nats-kvcache dev` or pass --nats-url"
     try:
         nc = await connect(url, name="nats-kvcache status", timeout=2.0, connect_hint=hint)

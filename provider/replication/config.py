@@ -11,6 +11,7 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from contract.hostdata import normalize_nats_url
 from provider.natsconn import connect_options
 
 DEFAULT_HEARTBEAT_SECS = 5.0
@@ -235,10 +236,7 @@ class ReplicationConfig:
 
 def _url(value: str | None) -> str | None:
     """``NATS_URL``: one server or a comma-separated list; ``host:port`` gets ``nats://``."""
-    if value is None or not value.strip():
-        return None
-    parts = [part.strip() for part in value.split(",") if part.strip()]
-    return ",".join(part if "://" in part else f"nats://{part}" for part in parts) or None
+    return normalize_nats_url(value) or None
 
 
 def _number(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from contract import hostdata
 from provider.cli import common, dev, lattice
 from provider.cli import state as statefile
 
@@ -110,9 +111,22 @@ def test_status_display_redraws_in_place_on_a_tty() -> None:
     assert out.getvalue().count("\x1b[3A") == 1
 
 
-def test_one_shared_usage_error_and_default_url() -> None:
+def test_one_shared_usage_error_default_url_and_url_normalisation() -> None:
     from provider.cli import call, health, par, status
 
     assert call.UsageError is health.UsageError is par.UsageError is common.UsageError
     for module in (call, health, status):
-        assert module.DEFAULT_NATS_URL == common.DEFAULT_NATS_URL
+        assert module.DEFAULT_NATS_URL is hostdata.DEFAULT_NATS_URL
+        assert module.normalize_nats_url is hostdata.normalize_nats_url
+
+
+def test_nats_urls_are_normalised_in_one_place() -> None:
+    from provider.replication import config
+
+    assert (
+        hostdata.normalize_nats_url(" a:1 , nats://b:2,,tls://c:3 ")
+        == "nats://a:1,nats://b:2,tls://c:3"
+    )
+    assert hostdata.normalize_nats_url("  ") == ""
+    assert hostdata.normalize_nats_url(None) == ""
+    assert config.normalize_nats_url is hostdata.normalize_nats_url
