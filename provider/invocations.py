@@ -200,15 +200,6 @@ class InvocationHandler:
             task.cancel()
 
     # ------------------------------------------------------------------ one call at a time
-    async def handle(self, data: bytes) -> InvocationResponse:
-        """Process one raw message body start to finish; never raises."""
-        started = time.perf_counter()
-        try:
-            inv = Invocation.decode(data)
-        except DecodeError as error:
-            return self._undecodable(error, started)
-        return await self._handle_decoded(inv, started)
-
     async def _handle_decoded(self, inv: Invocation, started: float) -> InvocationResponse:
         if inv.content_length is not None and inv.content_length > len(inv.msg):
             return await self._handle_chunked(inv, started)

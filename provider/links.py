@@ -32,6 +32,3 @@ class LinkRegistry:
 
     def remove(self, actor_id: str) -> LinkDefinition | None:
         return self._links.pop(actor_id, None)
-
-    def actors(self) -> list[str]:
-        return list(self._links)
