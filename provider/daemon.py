@@ -49,6 +49,7 @@ from provider.replication.config import (
 )
 from provider.replication.factory import build_replicator
 from provider.replication.signing import Trust, TrustError
+from provider.status import InstanceStatus
 from provider.store import BUCKETS, Change, KeyValueStore
 from provider.store.codec import new_node_id
 from provider.supervisor import Supervisor
@@ -378,15 +379,15 @@ class ProviderDaemon:
             log.info("actor unlinked", actor=link.actor_id)
 
     # ------------------------------------------------------------------ health & shutdown
-    def status(self) -> dict:
+    def status(self) -> InstanceStatus:
         """This instance's status document (introspection endpoint, metrics, CLI)."""
         return instance_status(self)
 
-    def _status_from_another_thread(self) -> dict:
+    def _status_from_another_thread(self) -> InstanceStatus:
         """The status document, built on the event loop: the metrics server has its own thread,
         and the state the document reads is only ever touched from the loop."""
 
-        async def build() -> dict:
+        async def build() -> InstanceStatus:
             return self.status()
 
         return asyncio.run_coroutine_threadsafe(build(), self._loop).result(timeout=5)

@@ -19,8 +19,14 @@ from nats.micro import add_service
 from nats.micro.request import Request
 
 from provider import __version__
-from provider.memory import memory_status
 from provider.replication.config import subject_token
+from provider.status import (
+    InstanceStatus,
+    MemoryStatus,
+    OperationStats,
+    ReplicationStatus,
+    VerifierStatus,
+)
 
 SERVICE_NAME = "nats-kvcache"
 VERSION = __version__
@@ -33,7 +39,7 @@ def status_subject(lattice: str, link_name: str, instance: str) -> str:
 
 async def start_service(
     nc: NATS,
-    status: Callable[[], dict[str, Any]],
+    status: Callable[[], InstanceStatus],
     *,
     lattice: str,
     provider_key: str,
@@ -52,11 +58,11 @@ async def start_service(
             "link_name": link_name,
             "instance": instance,
         },
-        stats_handler=lambda _endpoint: status(),
+        stats_handler=lambda _endpoint: status().to_dict(),
     )
 
     async def answer(request: Request) -> None:
-        await request.respond(json.dumps(status()).encode())
+        await request.respond(json.dumps(status().to_dict()).encode())
 
     await service.add_endpoint(
         name="status",
@@ -66,28 +72,30 @@ async def start_service(
     return service
 
 
-def instance_status(daemon: Any) -> dict[str, Any]:
+def instance_status(daemon: Any) -> InstanceStatus:
     """The status document of one running :class:`provider.daemon.ProviderDaemon`."""
     health = daemon.health()
     hd = daemon.host_data
-    return {
-        "instance": daemon.instance,
-        "node": daemon.store.node_id,
-        "lattice": hd.lattice_rpc_prefix,
-        "provider_key": hd.provider_key,
-        "link_name": hd.link_name,
-        "healthy": health.healthy,
-        "message": health.message,
-        "uptime_secs": round(time.monotonic() - daemon.started_at, 1),
-        "entries": len(daemon.store),
-        "memory": memory_status(
-            daemon.store.used_memory, daemon.store.max_memory, daemon.store.oom_refusals
-        ),
-        "links": len(daemon.links),
-        "replication": daemon.replicator.status(),
-        "operations": daemon.metrics.snapshot(),
-        "verifier": {
-            "batches_offloaded": daemon.verifier.batches_offloaded,
-            "verified_inline": daemon.verifier.verified_inline,
+    store = daemon.store
+    return InstanceStatus(
+        instance=daemon.instance,
+        node=store.node_id,
+        lattice=hd.lattice_rpc_prefix,
+        provider_key=hd.provider_key,
+        link_name=hd.link_name,
+        healthy=health.healthy,
+        message=health.message,
+        uptime_secs=round(time.monotonic() - daemon.started_at, 1),
+        entries=len(store),
+        memory=MemoryStatus(store.used_memory, store.max_memory, store.oom_refusals),
+        links=len(daemon.links),
+        replication=ReplicationStatus.from_dict(daemon.replicator.status()),
+        operations={
+            name: OperationStats.from_dict(numbers)
+            for name, numbers in daemon.metrics.snapshot().items()
         },
-    }
+        verifier=VerifierStatus(
+            batches_offloaded=daemon.verifier.batches_offloaded,
+            verified_inline=daemon.verifier.verified_inline,
+        ),
+    )

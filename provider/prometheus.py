@@ -11,13 +11,15 @@ reads a fresh status document per scrape.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import structlog
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import CollectorRegistry
+
+from provider.status import InstanceStatus, OperationStats
 
 log = structlog.get_logger("provider.prometheus")
 
@@ -25,13 +27,15 @@ ENV_VAR = "NATS_KVCACHE_METRICS_ADDR"
 
 
 class StatusCollector:
-    def __init__(self, status: Callable[[], dict[str, Any]]) -> None:
+    """Turns a fresh status document into Prometheus families on every scrape."""
+
+    def __init__(self, status: Callable[[], InstanceStatus]) -> None:
         self._status = status
 
-    def collect(self):
+    def collect(self) -> Iterator[Metric]:
         status = self._status()
         labels = ["instance", "lattice", "link_name"]
-        ident = [status["instance"], status["lattice"], status["link_name"]]
+        ident = [status.instance, status.lattice, status.link_name]
         calls = CounterMetricFamily(
             "kvcache_operations", "Invocations handled", labels=[*labels, "operation"]
         )
@@ -45,58 +49,53 @@ class StatusCollector:
             "Recent latency quantiles per operation",
             labels=[*labels, "operation", "quantile"],
         )
-        for operation, numbers in status["operations"].items():
-            calls.add_metric([*ident, operation], numbers["calls"])
-            errors.add_metric([*ident, operation], numbers["errors"])
-            for key, quantile in (("p50_ms", "0.5"), ("p90_ms", "0.9"), ("p99_ms", "0.99")):
-                if key in numbers:
-                    latency.add_metric([*ident, operation, quantile], numbers[key] / 1000)
+        for operation, numbers in status.operations.items():
+            calls.add_metric([*ident, operation], numbers.calls)
+            errors.add_metric([*ident, operation], numbers.errors)
+            for name, quantile in OperationStats.QUANTILES:
+                value = getattr(numbers, name)
+                if value is not None:
+                    latency.add_metric([*ident, operation, quantile], value / 1000)
         yield calls
         yield errors
         yield latency
         yield _gauge(
-            "kvcache_entries",
-            "Stored entries (tombstones included)",
-            labels,
-            ident,
-            status["entries"],
+            "kvcache_entries", "Stored entries (tombstones included)", labels, ident, status.entries
         )
         yield _gauge(
             "kvcache_healthy",
             "1 when the instance reports healthy",
             labels,
             ident,
-            1 if status["healthy"] else 0,
+            1 if status.healthy else 0,
         )
-        yield _gauge("kvcache_links", "Linked actors", labels, ident, status["links"])
-        memory = status.get("memory")
+        yield _gauge("kvcache_links", "Linked actors", labels, ident, status.links)
+        memory = status.memory
         if memory is not None:
             yield _gauge(
                 "kvcache_memory_used_bytes",
                 "Estimated memory the stored entries take",
                 labels,
                 ident,
-                memory["used_bytes"],
+                memory.used_bytes,
             )
             yield _gauge(
                 "kvcache_memory_limit_bytes",
                 "MAX_MEMORY (0: no limit)",
                 labels,
                 ident,
-                memory["limit_bytes"],
+                memory.limit_bytes,
             )
             refused = CounterMetricFamily(
                 "kvcache_memory_refused_writes",
                 "Writes refused with OOM because memory was above MAX_MEMORY",
                 labels=labels,
             )
-            refused.add_metric(ident, memory["refused_writes"])
+            refused.add_metric(ident, memory.refused_writes)
             yield refused
-        replication = status["replication"]
-        for key, value in replication.items():
-            if isinstance(value, bool) or not isinstance(value, int | float) or value is None:
-                continue
-            if key.endswith("_ms") or key in ("replay_seconds", "last_anti_entropy"):
+        replication = status.replication
+        for key, value in replication.counters.items():
+            if key.endswith("_ms"):
                 continue
             counter = CounterMetricFamily(
                 f"kvcache_replication_{key}", f"Replication counter {key}", labels=labels
@@ -108,25 +107,27 @@ class StatusCollector:
             "Peers heard from recently",
             labels,
             ident,
-            len(replication.get("peers", [])),
+            len(replication.peers),
         )
-        if replication.get("lag_ms") is not None:
+        if replication.lag_ms is not None:
             yield _gauge(
                 "kvcache_replication_lag_seconds",
                 "Recent delta delivery lag",
                 labels,
                 ident,
-                replication["lag_ms"] / 1000,
+                replication.lag_ms / 1000,
             )
 
 
-def _gauge(name: str, doc: str, labels: list[str], ident: list[str], value: float):
+def _gauge(
+    name: str, doc: str, labels: list[str], ident: list[str], value: float
+) -> GaugeMetricFamily:
     gauge = GaugeMetricFamily(name, doc, labels=labels)
     gauge.add_metric(ident, value)
     return gauge
 
 
-def start_from_environment(status: Callable[[], dict[str, Any]]) -> str | None:
+def start_from_environment(status: Callable[[], InstanceStatus]) -> str | None:
     """Serve ``/metrics`` when the environment asks for it; returns the address or None."""
     address = os.environ.get(ENV_VAR, "").strip()
     if not address:

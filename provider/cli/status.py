@@ -26,6 +26,7 @@ from provider.cli.common import (
     error,
 )
 from provider.introspection import STATS_SUBJECT
+from provider.status import InstanceStatus
 
 EXIT_NONE = EXIT_FAILED
 
@@ -58,29 +59,25 @@ def _ago(timestamp: Any) -> str:
     return f"{max(time.time() - timestamp, 0):.0f}s ago"
 
 
-def render_table(statuses: list[dict[str, Any]]) -> str:
+def render_table(statuses: list[InstanceStatus]) -> str:
     header = (
         f"{'instance':<10}{'health':<12}{'entries':>9}  {'mode':<10}{'peers':>5}  "
         f"{'last repair check':<18}{'calls':>8}{'errors':>7}  {'p99 ms':>7}{'lag ms':>8}"
     )
     lines = [header, "-" * len(header)]
     for s in statuses:
-        repl = s.get("replication", {})
-        ops = s.get("operations", {})
-        calls = sum(o.get("calls", 0) for o in ops.values())
-        errors = sum(o.get("errors", 0) for o in ops.values())
-        p99 = max((o.get("p99_ms", 0) for o in ops.values()), default=0)
-        health = "healthy" if s.get("healthy") else "UNHEALTHY"
-        if s.get("message"):
+        repl = s.replication
+        health = "healthy" if s.healthy else "UNHEALTHY"
+        if s.message:
             health += "*"
-        lag = repl.get("lag_ms")
+        lag = "-" if repl.lag_ms is None else repl.lag_ms
         lines.append(
-            f"{str(s.get('instance', '?'))[:8]:<10}{health:<12}{s.get('entries', 0):>9}  "
-            f"{repl.get('mode', '-'):<10}{len(repl.get('peers', [])):>5}  "
-            f"{_ago(repl.get('last_anti_entropy')):<18}{calls:>8}{errors:>7}  "
-            f"{p99:>7}{'-' if lag is None else lag:>8}"
+            f"{s.instance[:8]:<10}{health:<12}{s.entries:>9}  "
+            f"{repl.mode:<10}{len(repl.peers):>5}  "
+            f"{_ago(repl.last_anti_entropy):<18}{s.calls:>8}{s.errors:>7}  "
+            f"{s.worst_p99_ms:>7}{lag:>8}"
         )
-    notes = [f"  * {str(s['instance'])[:8]}: {s['message']}" for s in statuses if s.get("message")]
+    notes = [f"  * {s.instance[:8]}: {s.message}" for s in statuses if s.message]
     return "\n".join(lines + notes)
 
 
@@ -127,15 +124,15 @@ async def _run(args: argparse.Namespace) -> int:
     finally:
         await nc.close()
     statuses = [
-        s
-        for s in statuses
-        if (not args.lattice or s.get("lattice") == args.lattice)
-        and (not args.provider_key or s.get("provider_key") == args.provider_key)
+        doc
+        for doc in statuses
+        if (not args.lattice or doc.get("lattice") == args.lattice)
+        and (not args.provider_key or doc.get("provider_key") == args.provider_key)
     ]
-    if args.json:
+    if args.json:  # the documents exactly as the instances sent them
         print(json.dumps(statuses, indent=2))
     elif statuses:
-        print(render_table(statuses))
+        print(render_table([InstanceStatus.from_dict(doc) for doc in statuses]))
     else:
         print("no nats-kvcache instance answered")
     return EXIT_OK if statuses else EXIT_NONE

@@ -401,6 +401,6 @@ def test_daemon_health_and_status_report_memory() -> None:
     daemon.store.set("bigger", "b" * 5_000)
     health = daemon.health()
     assert health.healthy and "memory full" in health.message
-    status = instance_status(daemon)
+    status = instance_status(daemon).to_dict()
     assert status["memory"]["limit_bytes"] == 10_000
     assert status["memory"]["used_bytes"] == daemon.store.used_memory > 10_000
