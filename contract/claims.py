@@ -43,8 +43,8 @@ import base64
 import binascii
 import hashlib
 import json
-import os
 import re
+import secrets
 import time
 import uuid
 from dataclasses import dataclass
@@ -59,6 +59,7 @@ from contract.wire import Invocation, WasmCloudEntity
 
 __all__ = [
     "MAX_TOKEN_BYTES",
+    "WASCAP_REVISION",
     "ClaimsError",
     "PreparedClaims",
     "encode_jwt",
@@ -66,6 +67,7 @@ __all__ = [
     "invocation_hash",
     "issuer_not_trusted_error",
     "make_signed_invocation",
+    "new_jti",
     "prepare_claims",
     "sign_claims",
     "sign_invocation_claims",
@@ -79,6 +81,7 @@ __all__ = [
 #: envelope from making the provider base64/JSON-decode megabytes before failing.
 MAX_TOKEN_BYTES = 16 * 1024
 
+#: The claims format revision wascap writes into every token (invocations and providers).
 WASCAP_REVISION = 3
 _HEADER = {"typ": "jwt", "alg": "Ed25519"}
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
@@ -104,9 +107,12 @@ def _json_segment(obj: Any) -> str:
 _HEADER_SEGMENT = _json_segment(_HEADER)
 
 
-def _new_jti() -> str:
-    """22 random base62 characters — the shape of a NUID, which wascap uses for ``jti``."""
-    return "".join(_NUID_ALPHABET[b % 62] for b in os.urandom(22))
+def new_jti() -> str:
+    """22 random base62 characters — the shape of a NUID, which wascap uses for ``jti``.
+
+    ``secrets.choice`` rather than ``byte % 62``: a modulo would favour the first characters.
+    """
+    return "".join(secrets.choice(_NUID_ALPHABET) for _ in range(22))
 
 
 def invocation_hash(origin_url: str, target_url: str, operation: str, msg: bytes) -> str:
@@ -139,7 +145,7 @@ def sign_claims(
 ) -> str:
     """Invocation claims from precomputed URLs and hash (the client's hot path)."""
     claims = {
-        "jti": _new_jti() if jti is None else jti,
+        "jti": new_jti() if jti is None else jti,
         "iat": int(time.time()) if issued_at is None else issued_at,
         "iss": signer.public_key,
         "sub": subject,

@@ -29,7 +29,6 @@ import hashlib
 import io
 import os
 import platform
-import secrets
 import shutil
 import subprocess
 import sys
@@ -40,9 +39,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from contract.claims import encode_jwt
+from contract.claims import WASCAP_REVISION, encode_jwt, new_jti
 from contract.keyvalue import CONTRACT_ID
 from contract.nkeys import KeyKind, KeyPair, NKeyError
+from provider import __version__
 from provider.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, UsageError
 
 NAME = "nats-kvcache"
@@ -54,7 +54,6 @@ SUBJECT_ENV = "NATS_KVCACHE_SUBJECT_SEED"
 ISSUER_FILE = "issuer.nk"  # account seed SA…
 SUBJECT_FILE = "provider.nk"  # service seed SV…
 CLAIMS_FILE = "claims.jwt"
-WASCAP_REVISION = 3
 EXECUTABLE_NAME = "nats-kvcache-provider"
 
 
@@ -117,12 +116,6 @@ def default_revision(version: str) -> int:
     return parts[0] * 10000 + parts[1] * 100 + parts[2]
 
 
-def package_version() -> str:
-    from provider import __version__
-
-    return __version__
-
-
 # ------------------------------------------------------------------------------ keys
 def _write_secret(path: Path, text: str) -> None:
     """Create ``path`` with mode 0600 from the start (never world-readable, not even briefly)."""
@@ -161,12 +154,6 @@ def resolve_key(
 
 
 # ------------------------------------------------------------------------------ claims
-def _jti() -> str:
-    """22 random base62 characters: the shape of the NUID wascap uses as ``jti``."""
-    alphabet = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
-    return "".join(secrets.choice(alphabet) for _ in range(22))
-
-
 def provider_claims(
     issuer: KeyPair,
     subject: KeyPair,
@@ -191,7 +178,7 @@ def provider_claims(
     if config_schema is not None:
         wascap["config_schema"] = config_schema
     return {
-        "jti": _jti(),
+        "jti": new_jti(),
         "iat": int(time.time()) if issued_at is None else issued_at,
         "iss": issuer.public_key,
         "sub": subject.public_key,
@@ -310,7 +297,7 @@ def build_par(args: argparse.Namespace, log: Any = print) -> Path:
         KeyKind.SERVICE,
         "subject",
     )
-    version = package_version()
+    version = __version__
     rev = default_revision(version) if args.rev is None else args.rev
     with tempfile.TemporaryDirectory(prefix="nats-kvcache-par-") as scratch:
         if args.executable is not None:
