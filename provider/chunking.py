@@ -182,7 +182,7 @@ class ChunkStore:
                 break
             except NotFoundError:
                 continue
-        meta = json.loads(meta_msg.data) if meta_msg is not None else {}
+        meta = json.loads(meta_msg.data or b"{}") if meta_msg is not None else {}
         if not meta or meta.get("deleted"):
             raise ChunkError(
                 f"nats: error starting to receive chunked stream for inv {name}: object not found"
@@ -243,5 +243,5 @@ class ChunkStore:
         js = self._nc.jetstream()
         meta = await js.get_last_msg(self._stream, encoded_meta_subject(self._bucket, name))
         await js.publish(  # the same metadata under the raw name, for the OTP host's NIF
-            raw_meta_subject(self._bucket, name), meta.data, headers={"Nats-Rollup": "sub"}
+            raw_meta_subject(self._bucket, name), meta.data or b"", headers={"Nats-Rollup": "sub"}
         )

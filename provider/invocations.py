@@ -106,7 +106,8 @@ class InvocationHandler:
         chunks: ChunkStore | None,
         metrics: Metrics,
         verifier: SignatureVerifier | None = None,
-        send_reply: SendReply | None = None,
+        *,
+        send_reply: SendReply,
     ) -> None:
         self._issuers = frozenset(host_data.cluster_issuers)
         self._provider_key = host_data.provider_key
@@ -225,7 +226,8 @@ class InvocationHandler:
             if not ok:  # finish_claims' first check, before anything is downloaded
                 raise ClaimsError("Invocation claims signature invalid")
             self._check_caller(inv, prepared.claims)
-            async with self._chunks.request_body(inv.id, inv.content_length) as body:
+            size = inv.content_length or 0
+            async with self._chunk_store().request_body(inv.id, size) as body:
                 inv.msg = body
                 output, change = self._execute(inv, prepared, ok)
                 inv.msg = b""  # the body's memory is free once the slot is
@@ -240,6 +242,13 @@ class InvocationHandler:
             return self._crashed(inv, error, started)
 
     # ------------------------------------------------------------------ shared steps
+    def _chunk_store(self) -> ChunkStore:
+        """The object store for bodies over the message limit; without one, such a call is
+        refused with a clear error instead of failing somewhere inside."""
+        if self._chunks is None:
+            raise ChunkError("chunked bodies are not available: no object store connection")
+        return self._chunks
+
     def _check_caller(self, inv: Invocation, claims: dict) -> None:
         """The provider's own checks (spec §6 step 4): trusted issuer, this target, a link."""
         if claims["iss"] not in self._issuers:
@@ -258,7 +267,7 @@ class InvocationHandler:
 
     async def _respond(self, inv: Invocation, output: bytes, started: float) -> InvocationResponse:
         if len(output) > RESPONSE_CHUNK_THRESHOLD:
-            await self._chunks.store_response(inv.id, output)
+            await self._chunk_store().store_response(inv.id, output)
             response = InvocationResponse(b"", inv.id, None, len(output))
         else:
             response = InvocationResponse.success(inv.id, output)

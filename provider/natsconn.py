@@ -11,6 +11,7 @@ import asyncio
 import base64
 import ssl
 from collections.abc import Callable
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -67,7 +68,7 @@ def connect_options(
 
 
 async def connect_forever(
-    options: dict, on_failure: Callable[[Exception], None], **callbacks: Callable
+    options: dict[str, Any], on_failure: Callable[[Exception], None], **callbacks: Any
 ) -> NATS:
     """Connect, retrying with backoff (0.5 s, doubling to 5 s) until the server answers.
 

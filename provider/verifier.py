@@ -90,6 +90,7 @@ class SignatureVerifier:
             return
         body = msgpack.packb(jobs, use_bin_type=True)
         try:
+            assert process.stdin is not None  # started with stdin=PIPE
             process.stdin.write(_LENGTH.pack(len(body)) + body)
         except Exception:  # the worker is gone: fall back, never drop a call
             self._worker_lost()
@@ -100,6 +101,7 @@ class SignatureVerifier:
         self.batches_offloaded += 1
 
     async def _read_verdicts(self) -> None:
+        assert self._process is not None and self._process.stdout is not None  # stdout=PIPE
         stdout = self._process.stdout
         try:
             while True:
