@@ -4,6 +4,11 @@ The call goes through :class:`contract.client.KeyValueClient`, i.e. a signed inv
 like the OTP host sends, so a command that works here works for a real actor too. Settings not
 given as flags come from the dev lattice state file (see :mod:`provider.cli.state`).
 
+``--instance N`` connects to instance N's own leaf server (its address is in the state file).
+NATS hands a request to a queue subscriber on the server it was published on when there is one,
+so instance N answers; before the call, instance N is asked for its status on its own subject,
+so a dead instance N is an error (exit 3) instead of an answer from another instance.
+
 Exit codes: 0 success (a missing key prints ``(nil)`` and still exits 0: "not found" is a
 normal answer of ``Get``, not a failure), 1 the provider answered with an error, 2 bad usage or
 missing settings, 3 the provider could not be reached (no NATS, no responders, timeout).
@@ -47,8 +52,10 @@ from provider.cli.common import (
     UsageError,
     connect,
     error,
+    program,
     warn,
 )
+from provider.introspection import status_subject
 
 SEED_ENV = "NATS_KVCACHE_SEED"
 DEFAULT_TIMEOUT = 2.0
@@ -224,6 +231,21 @@ def format_json(method: str, result: Any) -> str:
     return json.dumps(value)
 
 
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One instance of the dev lattice (``--instance N``), as the state file describes it."""
+
+    index: int
+    instance_id: str
+    restart_hint: str  # the command that starts it again
+
+    def down(self, why: str) -> Unreachable:
+        return Unreachable(
+            f"instance {self.index} is down ({why}); nothing was sent to another instance."
+            f" Start it again with `{self.restart_hint}`"
+        )
+
+
 @dataclass(slots=True)
 class Connection:
     nats_url: str
@@ -233,6 +255,7 @@ class Connection:
     actor: str
     signer: KeyPair
     timeout: float
+    target: Target | None = None
 
 
 def read_seed(args: argparse.Namespace) -> str | None:
@@ -268,7 +291,12 @@ def resolve_connection(args: argparse.Namespace) -> Connection:
         saved = statefile.read(location)
     except statefile.StateError as failure:
         raise UsageError(str(failure)) from None
-    nats_url = normalize_nats_url(args.nats_url or saved.nats_url or DEFAULT_NATS_URL)
+    target = None
+    if args.instance is not None:
+        target, instance_url = _target(args, location, saved)
+        nats_url = normalize_nats_url(instance_url)
+    else:
+        nats_url = normalize_nats_url(args.nats_url or saved.nats_url or DEFAULT_NATS_URL)
     seed = read_seed(args)
     values = {
         "provider_key": args.provider_key or saved.provider_key,
@@ -297,15 +325,48 @@ def resolve_connection(args: argparse.Namespace) -> Connection:
         actor=values["actor"],
         signer=signer,
         timeout=args.timeout or DEFAULT_TIMEOUT,
+        target=target,
     )
 
 
+def _target(
+    args: argparse.Namespace, location: statefile.Location, saved: statefile.DevState
+) -> tuple[Target, str]:
+    """``--instance N``: instance N's entry in the state file and its own NATS URL."""
+    if args.nats_url:
+        raise UsageError("give --instance or --nats-url, not both")
+    if not location.path.exists():
+        raise UsageError(
+            f"--instance needs a running `nats-kvcache dev` lattice ({location.not_found()})"
+        )
+    try:
+        entry = saved.instance(args.instance)
+    except statefile.StateError as failure:
+        raise UsageError(str(failure)) from None
+    state_flag = f" --state {args.state}" if args.state else ""
+    target = Target(
+        args.instance,
+        str(entry.get("instance_id") or ""),
+        f"{program()} instance restart {args.instance}{state_flag}",
+    )
+    url = entry.get("nats_url")
+    if not isinstance(url, str) or not url:
+        raise UsageError(f"{location.path} has no address for instance {args.instance}")
+    state = entry.get("state")
+    if state != "running":
+        raise target.down(f"the dev lattice reports it {state}")
+    return target, url
+
+
 async def invoke(conn: Connection, method: str, argument: Any) -> Any:
+    hint = "is the dev lattice running (`nats-kvcache dev`)? else pass --nats-url"
+    if conn.target is not None:
+        hint = f"instance {conn.target.index}'s leaf server is down; is the dev lattice running?"
     nc = await connect(
         conn.nats_url,
         name="nats-kvcache call",
         timeout=min(conn.timeout, 5.0),
-        connect_hint="is the dev lattice running (`nats-kvcache dev`)? else pass --nats-url",
+        connect_hint=hint,
     )
     client = KeyValueClient(
         nc,
@@ -317,6 +378,8 @@ async def invoke(conn: Connection, method: str, argument: Any) -> Any:
         timeout=conn.timeout,
     )
     try:
+        if conn.target is not None:
+            await _check_target(nc, conn)
         return await client.call(method, argument)
     except nats.errors.NoRespondersError:
         raise Unreachable(
@@ -336,6 +399,21 @@ async def invoke(conn: Connection, method: str, argument: Any) -> Any:
         await nc.close()
 
 
+async def _check_target(nc: Any, conn: Connection) -> None:
+    """Instance N answers on its own status subject, or the call is not made: through its
+    leaf, another instance would answer it (that is failover, but not what was asked)."""
+    target = conn.target
+    assert target is not None
+    subject = status_subject(conn.lattice, conn.link_name, target.instance_id)
+    wait = min(conn.timeout, 1.0)
+    try:
+        await nc.request(subject, b"", timeout=wait)
+    except nats.errors.NoRespondersError:
+        raise target.down("its provider does not answer on its leaf server") from None
+    except (nats.errors.TimeoutError, TimeoutError):
+        raise target.down(f"no status answer within {wait:g}s") from None
+
+
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     ops = ", ".join(f"{c.name} {c.params}" for c in COMMANDS)
     parser = subparsers.add_parser(
@@ -353,6 +431,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     parser.add_argument("--json", action="store_true", help="print the result as one JSON value")
     parser.add_argument(
         "--literal", action="store_true", help="a VALUE of '-' or '@FILE' is the value itself"
+    )
+    parser.add_argument(
+        "--instance",
+        type=_instance_index,
+        metavar="N",
+        help="dev lattice: call instance N only (through its own leaf server); fails if it is down",
     )
     parser.add_argument(
         "--nats-url", help=f"NATS server (default: state file, else {DEFAULT_NATS_URL})"
@@ -377,6 +461,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.set_defaults(run=run)
     return parser
+
+
+def _instance_index(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an instance index: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,18 +1,24 @@
 """``nats-kvcache dev``: a self-contained dev lattice in the foreground (what ``make run`` runs).
 
-Starts nats-server and N provider instances (see :mod:`provider.cli.lattice`), writes the state
-file ``call`` reads, prints commands to try (with the path of the running executable, so they
-can be pasted as they are), then a compact status, one line per instance, until Ctrl-C/SIGTERM,
-when every provider gets a real shutdown request before nats-server is stopped. On a terminal the
-status is redrawn in place under the commands; otherwise it is printed only when it changes.
+Starts a hub nats-server and N instances, each a provider beside its own leaf nats-server, as
+hosts run them (see :mod:`provider.cli.lattice`); writes the state file ``call`` reads; prints
+commands to try (with the path of the running executable, so they can be pasted as they are),
+then a compact status, one line per instance, until Ctrl-C/SIGTERM, when every provider gets a
+real shutdown request before the servers are stopped (also on SIGHUP: a closed terminal
+leaves no servers behind). On a terminal the status is redrawn in
+place under the commands; otherwise it is printed only when it changes.
 
-A provider instance that dies is started again (up to ``MAX_RESTARTS`` times, unless
-``--no-restart``), as a host would; nats-server dying ends the lattice. With
-``$NATS_KVCACHE_METRICS_ADDR=host:port`` instance i serves metrics on port + i.
+An instance that dies is shown down and the others keep serving, so failover can be watched; as
+with docker compose, it is not restarted unless ``--restart on-failure`` says so (then up to
+``MAX_RESTARTS`` times). While ``dev`` runs, ``nats-kvcache instance ls|kill|stop|restart|add``
+(:mod:`provider.cli.instance`) changes the lattice through a Unix socket in a private
+directory (named in the state file, mode 0600): only the user who started ``dev`` can use it.
+The hub dying ends the lattice. With ``$NATS_KVCACHE_METRICS_ADDR=host:port`` instance i
+serves metrics on port + i.
 
-Exit codes: 0 after a requested stop, 1 when the lattice could not start, nats-server died, an
-instance kept dying or a provider did not shut down cleanly, 2 bad settings, 130 when
-interrupted during start-up.
+Exit codes: 0 after a requested stop, 1 when the lattice could not start, the hub nats-server
+died or a provider did not shut down cleanly, 2 bad settings, 130 when interrupted during
+start-up.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import shlex
 import shutil
@@ -45,6 +52,9 @@ from provider.cli.status import collect_statuses
 
 STATUS_INTERVAL = 5.0
 MAX_RESTARTS = 5
+RESTART_POLICIES = ("no", "on-failure")
+#: A control request larger than this is refused (they are a few dozen bytes).
+MAX_CONTROL_REQUEST = 4096
 
 #: What the banner suggests (the README shows the first three).
 TRY_COMMANDS = (
@@ -82,20 +92,30 @@ def add_parser(subparsers: Any) -> None:
     parser = subparsers.add_parser(
         "dev",
         help="run nats-server and provider instances locally until Ctrl-C",
-        description="Start a dev lattice: nats-server (JetStream) and N provider instances.",
-        epilog=f"With ${METRICS_ENV}=host:port, instance i serves /metrics on port + i.",
+        description="Start a dev lattice: a hub nats-server (JetStream) and N instances, each a"
+        " provider beside its own leaf nats-server, as hosts run them. An instance that dies is"
+        " shown down while the others keep serving.",
+        epilog="While it runs, from another terminal: `nats-kvcache instance ls`,"
+        " `instance kill N` (SIGKILL, to watch failover), `instance stop N`, `instance restart N`"
+        " (the instance replays the others' state), `instance add`; `nats-kvcache call"
+        f" --instance N ...` talks to instance N only. With ${METRICS_ENV}=host:port, instance"
+        " i serves /metrics on port + i.",
     )
     parser.add_argument("--instances", type=_positive, default=1, metavar="N", help="default 1")
-    parser.add_argument("--port", type=_port, default=0, metavar="P", help="default: a free port")
+    parser.add_argument(
+        "--port", type=_port, default=0, metavar="P", help="hub client port (default: a free port)"
+    )
     parser.add_argument(
         "--state",
         help=f"state file (default ${statefile.STATE_ENV} or {statefile.DEFAULT_STATE_PATH}); "
-        "logs go next to it",
+        "logs go next to it (an earlier run's are removed)",
     )
     parser.add_argument(
-        "--no-restart",
-        action="store_true",
-        help=f"stop the lattice when an instance dies (default: restart it, {MAX_RESTARTS} times)",
+        "--restart",
+        choices=RESTART_POLICIES,
+        default="no",
+        help="what to do when an instance dies: 'no' (default) leaves it down until"
+        f" `instance restart N`; 'on-failure' starts it again, up to {MAX_RESTARTS} times",
     )
     parser.set_defaults(run=run)
 
@@ -144,19 +164,21 @@ async def _run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # HUP: terminal closed
         loop.add_signal_handler(signum, stop.set)
     display = StatusDisplay(sys.stdout)
+    custom_state = path != statefile.DEFAULT_STATE_PATH
+    session = Session(lattice, path, display, stop, args.restart, explicit_state=custom_state)
     wrote_state = False
     code = EXIT_OK
     try:
         print(f"starting nats-server on {lattice.nats_url} ...", flush=True)
         await lattice.start(stop)
-        statefile.save(path, lattice.state())
+        await session.open_control()
+        session.save()
         wrote_state = True
-        custom_state = path != statefile.DEFAULT_STATE_PATH
         print(_banner(lattice, path, explicit_state=custom_state, tty=display.tty), flush=True)
-        code = await _monitor(lattice, stop, display, path, restart=not args.no_restart)
+        code = await session.monitor()
     except Interrupted:
         code = EXIT_INTERRUPTED
     except LatticeError as failure:
@@ -164,6 +186,7 @@ async def _run(args: argparse.Namespace) -> int:
         error("dev", failure)
         code = EXIT_FAILED
     finally:
+        await session.close()
         display.interrupt()
         print("stopping: shutting down providers, then nats-server ...", flush=True)
         problems = await lattice.stop()
@@ -183,13 +206,13 @@ def _banner(lattice: DevLattice, path: Path, *, explicit_state: bool, tty: bool 
     cli = program()
     n = len(lattice.instances)
     lines = [
-        f"dev lattice ready: nats-server {lattice.nats_url}, {n} provider instance(s)",
+        f"dev lattice ready: hub nats-server {lattice.nats_url}, {n} provider instance(s)",
         f"  provider  {lattice.provider.public_key} (link name 'default', lattice 'default')",
         f"  actor     {lattice.actor.public_key} (linked)",
         f"  state     {path} (holds the throwaway cluster seed, mode 0600)",
-        "logs:",
-        f"  nats-server   {lattice.nats_log}",
-        *(f"  provider {i.index:<4} {i.log_path}" for i in lattice.instances),
+        "instances (each a provider beside its own leaf nats-server, as on a host):",
+        *(f"  #{i.index:<3} {i.nats_url:<24} log {i.log_path}" for i in lattice.instances),
+        f"  hub log {lattice.nats_log}; leaf logs leaf-N.log next to it",
     ]
     if any(i.metrics_addr for i in lattice.instances):
         lines.append(f"metrics (${METRICS_ENV}, port + instance index):")
@@ -201,10 +224,17 @@ def _banner(lattice: DevLattice, path: Path, *, explicit_state: bool, tty: bool 
     lines.append("try:")
     lines.extend(f"  {cli} call {c}{state_flag}" for c in TRY_COMMANDS)
     lines.append(f"  {cli} status{state_flag}")
+    last = n - 1
+    lines += [
+        "one instance at a time (set on one, read on another; kill one and watch the others):",
+        f"  {cli} call --instance 0 set city paris{state_flag}",
+        f"  {cli} call --instance {last} get city{state_flag}",
+        f"  {cli} instance kill {last}{state_flag}     # or stop / restart {last}; ls; add",
+    ]
     if n > 1:
         lines.append(
-            "note: instances share one RPC queue group, so each call reaches one of them; they"
-            " agree only through replication (the link's NATS_URL value)"
+            "note: without --instance a call reaches any one instance; they agree only through"
+            " replication"
         )
     how = "updated in place" if tty else "printed when it changes"
     lines.append(f"Ctrl-C stops everything. Status ({how}, checked every {STATUS_INTERVAL:g}s):")
@@ -266,13 +296,17 @@ def _health_label(report: HealthReport, live: int) -> str:
 
 
 def instance_line(instance: Instance, doc: dict[str, Any] | None, fallback: str) -> str:
-    """One compact line: pid, health, entries, peers, calls, errors, p99, metrics port."""
+    """One compact line: pid, leaf port, health, entries, peers, calls, errors, p99, metrics."""
     proc = instance.proc
     pid = proc.pid if proc else "-"
-    if proc is None or proc.poll() is not None:
-        code = proc.returncode if proc else "-"
-        return f"  #{instance.index:<2} pid {pid!s:<7} exited({code})"
-    parts = [f"  #{instance.index:<2} pid {pid!s:<7}"]
+    head = f"  #{instance.index:<2} pid {pid!s:<7} :{instance.leaf_port:<5}"
+    state = instance.state
+    if state != "running":
+        why = instance.down or ""
+        if state == "down" and not why and proc is not None and proc.poll() is not None:
+            why = f"exited({proc.returncode})"
+        return f"{head} {state.upper()}{f' ({why})' if why else ''}"
+    parts = [head]
     if doc is None:
         parts.append(fallback)
     else:
@@ -302,7 +336,11 @@ def render_status(
     label = _health_label(report, live)
     nats_pid = lattice.nats_proc.pid if lattice.nats_proc else "-"
     by_id = {str(d.get("instance")): d for d in docs or []}
-    header = f"nats-server pid {nats_pid} | {report.healthy} of {live} running instance(s) healthy"
+    down = sum(1 for i in lattice.instances if i.state == "down")
+    healthy = min(report.healthy, live)  # one may have died while the probe was out
+    header = f"nats-server pid {nats_pid} | {healthy} of {live} running instance(s) healthy"
+    if down:
+        header += f" | {down} down"
     lines = [instance_line(i, by_id.get(i.instance_id), label) for i in lattice.instances]
     lines.extend(f"  unhealthy: {message}" for message in report.messages)
     for doc in docs or []:
@@ -311,46 +349,212 @@ def render_status(
     return header, lines
 
 
-async def _monitor(
-    lattice: DevLattice,
-    stop: asyncio.Event,
-    display: StatusDisplay,
-    path: Path,
-    *,
-    restart: bool = True,
-) -> int:
-    """Status every STATUS_INTERVAL seconds; watch for dying processes twice a second."""
-    loop = asyncio.get_running_loop()
-    next_status = 0.0
-    while not stop.is_set():
-        if lattice.nats_server_exited():
-            display.interrupt()
-            for report in lattice.exited():
-                error("dev", report)
-            return EXIT_FAILED
-        for instance in lattice.dead_instances():
-            display.interrupt()
-            what = lattice.describe_exit(instance)
-            if not restart or instance.restarts >= MAX_RESTARTS:
-                why = "--no-restart" if not restart else f"already restarted {MAX_RESTARTS} times"
-                error("dev", f"{what}; not restarted ({why}); tail of {instance.log_path}:")
-                print(tail(instance.log_path), file=sys.stderr, flush=True)
-                return EXIT_FAILED
-            error(
-                "dev",
-                f"{what}; restarting it ({instance.restarts + 1}/{MAX_RESTARTS}),"
-                f" see {instance.log_path}",
+class Session:
+    """The running lattice's supervision: the status loop, automatic restarts (``--restart
+    on-failure``) and the control socket of ``nats-kvcache instance``. Every change is written
+    to the state file at once, so ``call --instance`` and ``instance ls`` see it."""
+
+    def __init__(
+        self,
+        lattice: DevLattice,
+        path: Path,
+        display: StatusDisplay,
+        stop: asyncio.Event,
+        policy: str = "no",
+        *,
+        explicit_state: bool = False,
+    ) -> None:
+        self.lattice = lattice
+        self.path = path
+        self.display = display
+        self.stop = stop
+        self.policy = policy
+        self.state_flag = f" --state {shlex.quote(str(path))}" if explicit_state else ""
+        self.refresh = asyncio.Event()  # set: draw the status now, not at the next interval
+        self._tasks: set[asyncio.Task] = set()
+        self._server: asyncio.AbstractServer | None = None
+        self._lock = asyncio.Lock()  # one change of the lattice at a time
+
+    # ------------------------------------------------------------------ output
+    def save(self) -> None:
+        statefile.save(self.path, self.lattice.state())
+        self.refresh.set()
+
+    def say(self, text: str) -> None:
+        self.display.interrupt()
+        print(text, flush=True)
+
+    def complain(self, text: str) -> None:
+        self.display.interrupt()
+        error("dev", text)
+
+    # ------------------------------------------------------------------ control socket
+    async def open_control(self) -> None:
+        sock = self.lattice.control_path
+        if sock is None:
+            return
+        self._server = await asyncio.start_unix_server(self._serve, path=str(sock))
+        os.chmod(sock, 0o600)  # and its directory is 0700: only this user may connect
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), timeout=1)
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One JSON request line in, one JSON answer line out."""
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout=5)
+            if len(line) > MAX_CONTROL_REQUEST:
+                answer = {"ok": False, "error": "request too large"}
+            else:
+                try:
+                    request = json.loads(line)
+                    if not isinstance(request, dict):
+                        raise ValueError("not an object")
+                except ValueError:
+                    answer = {"ok": False, "error": "malformed request"}
+                else:
+                    answer = await self.control(request)
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await writer.drain()
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def control(self, request: dict[str, Any]) -> dict[str, Any]:
+        """``ls``, ``add``, and ``kill``/``stop``/``restart`` of one ``index``."""
+        op = request.get("op")
+        lattice = self.lattice
+        if op == "ls":
+            return {"ok": True, "instances": lattice.state().instances}
+        if op not in ("add", "kill", "stop", "restart"):
+            return {"ok": False, "error": f"unknown operation {op!r}"}
+        async with self._lock:
+            try:
+                if op == "add":
+                    instance = lattice.add_instance()
+                    self.say(f"adding instance {instance.index} ...")
+                    self.save()  # shown as starting while it starts
+                    await lattice.start_added(instance, self.stop)
+                    message = (
+                        f"instance {instance.index} added (pid {instance.proc_pid},"
+                        f" {instance.nats_url}); healthy after replaying its peers' state"
+                    )
+                else:
+                    index = request.get("index")
+                    if not isinstance(index, int) or isinstance(index, bool):
+                        return {"ok": False, "error": "an instance index is required"}
+                    instance = lattice.instance(index)
+                    message = await self._change(op, instance)
+            except LatticeError as failure:
+                self.save()
+                self.complain(str(failure))
+                return {"ok": False, "error": str(failure).splitlines()[0]}
+            self.save()
+            self.say(message)
+            return {"ok": True, "message": message, "instance": _entry(lattice, instance)}
+
+    async def _change(self, op: str, instance: Instance) -> str:
+        lattice = self.lattice
+        cli = program()
+        restart_hint = f"`{cli} instance restart {instance.index}{self.state_flag}`"
+        if op == "kill":
+            pid = instance.proc_pid
+            await lattice.kill(instance)
+            return (
+                f"instance {instance.index} killed (pid {pid}, SIGKILL);"
+                f" start it again with {restart_hint}"
             )
-            lattice.restart(instance)
-            statefile.save(path, lattice.state())
-            next_status = 0.0
-        if loop.time() >= next_status:
-            report = await lattice.probe_health(window=1.0)
-            docs: list[dict[str, Any]] = []
-            if lattice.nc is not None and lattice.nc.is_connected:
-                docs = await collect_statuses(lattice.nc, window=0.5)
-            display.show(*render_status(lattice, report, docs))
-            next_status = loop.time() + STATUS_INTERVAL
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=0.5)
-    return EXIT_OK
+        if op == "stop":
+            problem = await lattice.stop_instance(instance)
+            if problem:
+                raise LatticeError(problem)
+            return f"instance {instance.index} stopped; start it again with {restart_hint}"
+        self.say(f"restarting instance {instance.index} ...")
+        self.refresh.set()
+        await lattice.restart(instance, self.stop)
+        return (
+            f"instance {instance.index} restarted (pid {instance.proc_pid});"
+            " healthy after replaying its peers' state"
+        )
+
+    # ------------------------------------------------------------------ watching
+    async def monitor(self) -> int:
+        """Status every STATUS_INTERVAL seconds (or on a change); watch for dying processes
+        twice a second. Returns only when stopped or when the hub died."""
+        lattice = self.lattice
+        loop = asyncio.get_running_loop()
+        next_status = 0.0
+        while not self.stop.is_set():
+            if lattice.nats_server_exited():
+                for report in lattice.exited():
+                    self.complain(report)
+                return EXIT_FAILED
+            for instance in lattice.newly_down():
+                self._went_down(instance)
+            if self.refresh.is_set() or loop.time() >= next_status:
+                self.refresh.clear()
+                await self._show_status()
+                next_status = loop.time() + STATUS_INTERVAL
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop.wait(), timeout=0.5)
+        return EXIT_OK
+
+    def _went_down(self, instance: Instance) -> None:
+        what = self.lattice.describe_exit(instance)
+        instance.down = self.lattice.down_reason(instance)
+        log = instance.log_path if instance.proc and instance.proc.poll() is not None else None
+        log = log or instance.leaf_log
+        others = len([i for i in self.lattice.instances if i.state == "running"])
+        if self.policy == "on-failure" and not instance.held and instance.restarts < MAX_RESTARTS:
+            self.complain(
+                f"{what}; restarting it ({instance.restarts + 1}/{MAX_RESTARTS}), see {log}"
+            )
+            task = asyncio.create_task(self._auto_restart(instance))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        else:
+            why = (
+                f"already restarted {MAX_RESTARTS} times; "
+                if self.policy == "on-failure" and not instance.held
+                else ""
+            )
+            self.complain(
+                f"{what}; {others} other instance(s) keep serving. {why}Start it again with"
+                f" `{program()} instance restart {instance.index}{self.state_flag}`;"
+                f" tail of {log}:"
+            )
+            print(tail(log) if log else "(no log)", file=sys.stderr, flush=True)
+        self.save()
+
+    async def _auto_restart(self, instance: Instance) -> None:
+        async with self._lock:
+            try:
+                await self.lattice.restart(instance, self.stop)
+            except (LatticeError, Interrupted) as failure:
+                self.complain(f"restarting instance {instance.index} failed: {failure}")
+            else:
+                self.say(f"instance {instance.index} restarted (pid {instance.proc_pid})")
+            self.save()
+
+    async def _show_status(self) -> None:
+        lattice = self.lattice
+        report = await lattice.probe_health(window=1.0)
+        docs: list[dict[str, Any]] = []
+        if lattice.nc is not None and lattice.nc.is_connected:
+            docs = await collect_statuses(lattice.nc, window=0.5)
+        self.display.show(*render_status(lattice, report, docs))
+
+
+def _entry(lattice: DevLattice, instance: Instance) -> dict[str, Any]:
+    """The instance's state file entry (what ``instance`` prints)."""
+    return next(e for e in lattice.state().instances if e["index"] == instance.index)

@@ -1,4 +1,15 @@
-"""The processes of a dev lattice: one nats-server and N provider instances, run like a host would.
+"""The processes of a dev lattice, run like hosts would: one hub nats-server and N instances,
+each a provider beside its own leaf nats-server.
+
+A wasmCloud host runs a NATS leaf node connected to the lattice's servers, and the providers it
+starts connect to that leaf. The dev lattice does the same: instance i is a leaf nats-server
+(connected to the hub, which holds JetStream) plus a provider whose RPC and replication
+connections both go to that leaf. Each instance is then addressable on its own: NATS delivers a
+request to a queue subscriber on the server it was published on when there is one, so a call
+sent to instance i's leaf is answered by instance i. An instance that dies takes nothing else
+with it; it is shown down and can be started again (see :meth:`DevLattice.restart`), and new
+instances can be added while the lattice runs. The leaves map ``$JS.API.>`` to the hub's
+JetStream domain, so chunked bodies (the object store) work through any leaf.
 
 Providers are started exactly as the wasmCloud OTP host starts them (no arguments, one base64
 HostData line on stdin, stdin left open) and stopped with a real shutdown request, so the dev
@@ -9,7 +20,8 @@ which can shut the providers down in order instead of having them all killed at 
 
 All instances share the provider key and link name, as in a real lattice, so health requests
 are answered by every instance on one subject and replies cannot be attributed to an instance;
-health is therefore reported as "how many instances answered".
+health is therefore reported as "how many instances answered". Readiness of one instance is
+asked on its own status subject (its instance id) instead.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ from pathlib import Path
 import nats
 import nats.errors
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 
 from contract.keyvalue import CONTRACT_ID
 from contract.nkeys import KeyPair
@@ -37,12 +50,17 @@ from contract.wire import SHUTDOWN_ACK, HostData, LinkDefinition, Subjects
 from provider.cli.common import quiet_error_cb
 from provider.cli.health import collect_health
 from provider.cli.state import DevState
+from provider.introspection import status_subject
 from provider.prometheus import ENV_VAR as METRICS_ENV
 
 LATTICE = "default"
 LINK_NAME = "default"
 HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
+#: The hub's JetStream domain; every leaf maps the default ``$JS.API.>`` onto it.
+JS_DOMAIN = "hub"
+#: Files of ours in the log directory, removed at start so no earlier run's log sits among them.
+LOG_PATTERNS = ("provider-*.log", "leaf-*.log", "nats-server.log")
 
 
 class LatticeError(Exception):
@@ -114,17 +132,90 @@ def _stop_process(proc: subprocess.Popen, grace: float) -> None:
     proc.wait()
 
 
+def _quote(text: str) -> str:
+    """A string in nats-server's config syntax (JSON's quoting is a subset it accepts)."""
+    return json.dumps(text)
+
+
+def hub_config(port: int, leaf_port: int, store_dir: str) -> str:
+    """The hub: clients (``dev`` itself, ``call`` without ``--instance``), JetStream in its own
+    domain, and the leafnode port every instance's leaf connects to."""
+    return (
+        f"listen: {_quote(f'{HOST}:{port}')}\n"
+        'server_name: "dev-hub"\n'
+        f"jetstream {{ store_dir: {_quote(store_dir)}, domain: {_quote(JS_DOMAIN)} }}\n"
+        f"leafnodes {{ listen: {_quote(f'{HOST}:{leaf_port}')} }}\n"
+    )
+
+
+def leaf_config(index: int, port: int, hub_leaf_port: int) -> str:
+    """Instance ``index``'s leaf: no JetStream of its own, the hub's through the mapping."""
+    return (
+        f"listen: {_quote(f'{HOST}:{port}')}\n"
+        f"server_name: {_quote(f'dev-leaf-{index}')}\n"
+        f'mappings {{ "$JS.API.>": "$JS.{JS_DOMAIN}.API.>" }}\n'
+        f"leafnodes {{ remotes [ {{ url: {_quote(f'nats-leaf://{HOST}:{hub_leaf_port}')} }} ] }}\n"
+    )
+
+
+def _start_server(conf: Path, text: str, log_path: Path) -> subprocess.Popen:
+    conf.write_text(text, encoding="utf-8")
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            [find_nats_server(), "-c", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+        )
+
+
+def _alive(proc: subprocess.Popen | None) -> bool:
+    return proc is not None and proc.poll() is None
+
+
 @dataclass
 class Instance:
+    """One "host": a leaf nats-server and the provider connected to it."""
+
     index: int
     host: KeyPair
     log_path: Path
+    leaf_port: int = 0
+    leaf_log: Path | None = None
     proc: subprocess.Popen | None = None
+    leaf_proc: subprocess.Popen | None = None
     links: int = 0
     stopping: bool = field(default=False)
     metrics_addr: str | None = None
     instance_id: str = ""  # the status document's "instance" (HostData instance_id)
     restarts: int = 0
+    #: Why the instance is down, once that has been noticed (None while it runs).
+    down: str | None = None
+    #: Stopped or killed on request: never restarted automatically.
+    held: bool = False
+    #: Being stopped or started on request: not "dead", whatever its processes look like.
+    busy: bool = False
+
+    @property
+    def nats_url(self) -> str:
+        """The instance's own leaf server: where its provider connects, and ``call --instance``."""
+        return f"nats://{HOST}:{self.leaf_port}"
+
+    @property
+    def proc_pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    @property
+    def running(self) -> bool:
+        return _alive(self.proc) and _alive(self.leaf_proc)
+
+    @property
+    def state(self) -> str:
+        """``starting`` / ``running`` / ``down``, as the state file and ``instance ls`` say it."""
+        if self.busy:
+            return "starting" if self.down is None else "stopping"
+        return "running" if self.running and self.down is None else "down"
 
 
 @dataclass(slots=True)
@@ -144,50 +235,87 @@ class DevLattice:
     ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
+        self.leafnode_port = free_port()
+        self.metrics_base = metrics_base
         self.cluster = KeyPair.generate("cluster")
         self.provider = KeyPair.generate("service")
         self.actor = KeyPair.generate("module")
-        self.instances = [
-            Instance(i, KeyPair.generate("server"), workdir / f"provider-{i}.log")
-            for i in range(instances)
-        ]
-        for instance, address in zip(
-            self.instances, metrics_addresses(metrics_base, instances), strict=True
-        ):
-            instance.metrics_addr = address
+        metrics_addresses(metrics_base, instances)  # a bad value fails before anything starts
+        self.instances: list[Instance] = []
+        for _ in range(instances):
+            self._new_instance()
         self.subjects = Subjects(LATTICE, self.provider.public_key, LINK_NAME)
         self.nats_log = workdir / "nats-server.log"
         self.nats_proc: subprocess.Popen | None = None
-        self.store_dir: str | None = None
+        self.run_dir: Path | None = None  # private (0700): configs, JetStream, control socket
         self.nc: NATS | None = None
+        self._ready_subject = f"_KVCACHE_DEV.{uuid.uuid4().hex}.ready"
+
+    def _new_instance(self) -> Instance:
+        index = len(self.instances)
+        instance = Instance(
+            index,
+            KeyPair.generate("server"),
+            self.workdir / f"provider-{index}.log",
+            leaf_port=free_port(),
+            leaf_log=self.workdir / f"leaf-{index}.log",
+            metrics_addr=metrics_addresses(self.metrics_base, index + 1)[index],
+        )
+        self.instances.append(instance)
+        return instance
 
     @property
     def nats_url(self) -> str:
         return f"nats://{HOST}:{self.port}"
 
+    @property
+    def control_path(self) -> Path | None:
+        return self.run_dir / "control.sock" if self.run_dir else None
+
+    def instance(self, index: int) -> Instance:
+        """Instance ``index``, or a :class:`LatticeError` that names the valid ones."""
+        if 0 <= index < len(self.instances):
+            return self.instances[index]
+        last = len(self.instances) - 1
+        raise LatticeError(f"no instance {index} (this lattice has instances 0..{last})")
+
     # ------------------------------------------------------------------ start
+    def clear_logs(self) -> None:
+        """An earlier run's ``provider-7.log`` must not sit next to this run's four logs."""
+        for pattern in LOG_PATTERNS:
+            for old in self.workdir.glob(pattern):
+                old.unlink(missing_ok=True)
+
     async def start(self, stop: asyncio.Event) -> None:
-        """nats-server, then every provider, then wait until all of them answer health."""
+        """Hub, then every leaf, then every provider; returns once all of them answer healthy."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._start_nats_server()
+        self.clear_logs()
+        self.run_dir = Path(tempfile.mkdtemp(prefix="nats-kvcache-dev-"))
+        store = self.run_dir / "jetstream"
+        self.nats_proc = _start_server(
+            self.run_dir / "hub.conf",
+            hub_config(self.port, self.leafnode_port, str(store)),
+            self.nats_log,
+        )
         await self._connect(stop)
+        assert self.nc is not None
+        await self.nc.subscribe(self._ready_subject, cb=self._on_ready)
+        for instance in self.instances:
+            self._start_leaf(instance)
+        await asyncio.gather(*(self._wait_leaf(i, stop) for i in self.instances))
         for instance in self.instances:
             self._launch(instance)
-        await self._wait_healthy(stop)
+        await asyncio.gather(*(self.wait_ready(i, stop) for i in self.instances))
 
-    def _start_nats_server(self) -> None:
-        self.store_dir = tempfile.mkdtemp(prefix="nats-kvcache-dev-")
-        cmd = [find_nats_server(), "-a", HOST, "-p", str(self.port), "-js", "-sd", self.store_dir]
-        with self.nats_log.open("wb") as log:
-            self.nats_proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, process_group=0
-            )
+    @staticmethod
+    async def _on_ready(msg: Msg) -> None:
+        await msg.respond(b"ok")
 
     async def _connect(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT
         while True:
-            self._check_alive()
+            self._check_hub()
             if stop.is_set():
                 raise Interrupted
             try:
@@ -207,20 +335,83 @@ class DevLattice:
                     raise LatticeError(message) from None
                 await asyncio.sleep(0.1)
 
+    def _check_hub(self) -> None:
+        if self.nats_server_exited():
+            assert self.nats_proc is not None
+            raise LatticeError(
+                f"nats-server (pid {self.nats_proc.pid}) {_how(self.nats_proc)}; "
+                f"tail of {self.nats_log}:\n{tail(self.nats_log)}"
+            )
+
+    def _start_leaf(self, instance: Instance) -> None:
+        assert self.run_dir is not None and instance.leaf_log is not None
+        instance.leaf_proc = _start_server(
+            self.run_dir / f"leaf-{instance.index}.conf",
+            leaf_config(instance.index, instance.leaf_port, self.leafnode_port),
+            instance.leaf_log,
+        )
+
+    async def _wait_leaf(self, instance: Instance, stop: asyncio.Event | None = None) -> None:
+        """Until a client of the leaf reaches ``dev`` on the hub: the leaf is connected and
+        has the hub's interest, so the provider's replay request will find its peers."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        while True:
+            self._check_hub()
+            leaf = instance.leaf_proc
+            if not _alive(leaf):
+                assert leaf is not None
+                raise LatticeError(
+                    f"leaf nats-server of instance {instance.index} (pid {leaf.pid}) {_how(leaf)};"
+                    f" tail of {instance.leaf_log}:\n{tail(instance.leaf_log or Path())}"
+                )
+            if stop is not None and stop.is_set():
+                raise Interrupted
+            if await self._leaf_reaches_hub(instance):
+                return
+            if loop.time() > deadline:
+                raise LatticeError(
+                    f"the leaf nats-server of instance {instance.index} did not connect to the"
+                    f" hub within {START_TIMEOUT:g}s; see {instance.leaf_log}"
+                )
+            await asyncio.sleep(0.05)
+
+    async def _leaf_reaches_hub(self, instance: Instance) -> bool:
+        try:
+            nc = await nats.connect(
+                instance.nats_url,
+                name="nats-kvcache dev (leaf probe)",
+                connect_timeout=0.5,
+                allow_reconnect=False,
+                max_reconnect_attempts=1,
+                error_cb=quiet_error_cb,
+            )
+        except Exception:
+            return False
+        try:
+            await nc.request(self._ready_subject, b"", timeout=0.5)
+            return True
+        except (nats.errors.Error, TimeoutError):
+            return False
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.close()
+
     def host_data(self, instance: Instance) -> HostData:
-        """What the OTP host would send: cluster key as issuer and invocation seed, no scheme."""
+        """What the OTP host would send: cluster key as issuer and invocation seed, no scheme;
+        the instance's own leaf as the lattice RPC URL and as the link's replication URL."""
         link = LinkDefinition(
             actor_id=self.actor.public_key,
             provider_id=self.provider.public_key,
             link_name=LINK_NAME,
             contract_id=CONTRACT_ID,
-            values={"NATS_URL": self.nats_url},  # where instances would replicate with each other
+            values={"NATS_URL": instance.nats_url},
         )
         return HostData(
             host_id=instance.host.public_key,
             lattice_rpc_prefix=LATTICE,
             link_name=LINK_NAME,
-            lattice_rpc_url=f"{HOST}:{self.port}",
+            lattice_rpc_url=f"{HOST}:{instance.leaf_port}",
             provider_key=self.provider.public_key,
             invocation_seed=self.cluster.seed,
             env_values={},
@@ -230,14 +421,16 @@ class DevLattice:
             structured_logging=False,
         )
 
-    def _launch(self, instance: Instance, *, append_log: bool = False) -> None:
+    def _launch(self, instance: Instance) -> None:
         instance.instance_id = str(uuid.uuid4())
+        instance.stopping = False
+        instance.down = None
         host_data = self.host_data(instance)
         env = dict(os.environ)
         env.pop(METRICS_ENV, None)
         if instance.metrics_addr:
             env[METRICS_ENV] = instance.metrics_addr
-        with instance.log_path.open("ab" if append_log else "wb") as log:
+        with instance.log_path.open("ab") as log:
             instance.proc = proc = subprocess.Popen(
                 [sys.executable, "-m", "provider"],
                 stdin=subprocess.PIPE,
@@ -247,81 +440,168 @@ class DevLattice:
                 env=env,
             )
         instance.links = len(host_data.link_definitions)
-        try:
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):  # it died at once: wait_ready says so
             proc.stdin.write(host_data.to_stdin_line())
             proc.stdin.flush()  # and keep stdin open, as a host does
-        except BrokenPipeError:
-            self._check_alive()
 
-    async def _wait_healthy(self, stop: asyncio.Event) -> None:
+    async def wait_ready(self, instance: Instance, stop: asyncio.Event | None = None) -> None:
+        """Until the instance answers healthy on its own status subject (after its replay)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT
+        subject = status_subject(LATTICE, LINK_NAME, instance.instance_id)
+        message = "no answer"
         while True:
-            self._check_alive()
-            if stop.is_set():
+            self._check_hub()
+            proc = instance.proc
+            if not _alive(proc):
+                assert proc is not None
+                raise LatticeError(
+                    f"{self.describe_exit(instance)}; tail of {instance.log_path}:\n"
+                    f"{tail(instance.log_path)}"
+                )
+            if stop is not None and stop.is_set():
                 raise Interrupted
-            report = await self.probe_health(window=0.5)
-            if report.healthy >= len(self.instances):
-                return
+            nc = self.nc
+            if nc is not None and nc.is_connected:
+                try:
+                    reply = await nc.request(subject, b"", timeout=0.5)
+                    doc = json.loads(reply.data)
+                    if doc.get("healthy"):
+                        return
+                    message = f"unhealthy: {doc.get('message') or 'no message'}"
+                except (nats.errors.NoRespondersError, nats.errors.TimeoutError, TimeoutError):
+                    await asyncio.sleep(0.1)
+                except (nats.errors.Error, ValueError, AttributeError):
+                    await asyncio.sleep(0.1)
             if loop.time() > deadline:
                 raise LatticeError(
-                    f"only {report.healthy} of {len(self.instances)} instances answered healthy "
-                    f"within {START_TIMEOUT:g}s; see {self.workdir}/provider-*.log"
+                    f"instance {instance.index} did not answer healthy within {START_TIMEOUT:g}s"
+                    f" ({message}); see {instance.log_path}"
                 )
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.1)
+
+    # ------------------------------------------------------------------ change at runtime
+    async def restart(self, instance: Instance, stop: asyncio.Event | None = None) -> None:
+        """Start an instance again (its leaf too, if that died): same host key and leaf port,
+        a new instance id; a running one is shut down cleanly first, as ``docker compose
+        restart`` does. Returns once it is healthy, i.e. has replayed state from its peers."""
+        if instance.busy:
+            raise LatticeError(f"instance {instance.index} is already being stopped or started")
+        instance.busy = True
+        try:
+            if _alive(instance.proc):
+                instance.down = "restarting"
+                await self._shutdown(instance, via_nats=_alive(instance.leaf_proc))
+            self._close_stdin(instance)
+            instance.restarts += 1
+            note = f"\n--- restarted by nats-kvcache dev ({instance.restarts}) ---\n".encode()
+            for log_path in (instance.log_path, instance.leaf_log):
+                if log_path is not None:
+                    with log_path.open("ab") as log:
+                        log.write(note)
+            if not _alive(instance.leaf_proc):
+                self._start_leaf(instance)
+            await self._wait_leaf(instance, stop)
+            instance.held = False
+            self._launch(instance)
+            await self.wait_ready(instance, stop)
+        finally:
+            instance.busy = False
+
+    def add_instance(self) -> Instance:
+        """One more instance (the next index, a new host key), not started yet: shown as
+        starting until :meth:`start_added` returns."""
+        instance = self._new_instance()
+        instance.busy = True
+        return instance
+
+    async def start_added(self, instance: Instance, stop: asyncio.Event | None = None) -> None:
+        """Start an :meth:`add_instance`; returns once it is healthy (has replayed its peers)."""
+        try:
+            self._start_leaf(instance)
+            await self._wait_leaf(instance, stop)
+            self._launch(instance)
+            await self.wait_ready(instance, stop)
+        except BaseException:
+            instance.down = "failed to start"
+            raise
+        finally:
+            instance.busy = False
+
+    async def kill(self, instance: Instance) -> None:
+        """SIGKILL the provider (not its leaf): a crash, as far as the others can tell."""
+        proc = instance.proc
+        if instance.busy or not _alive(proc):
+            raise LatticeError(f"instance {instance.index} is not running")
+        assert proc is not None
+        instance.held = True
+        instance.down = "killed on request: SIGKILL"  # before the kill: not a crash
+        proc.kill()
+        await asyncio.to_thread(proc.wait)
+        self._close_stdin(instance)
+
+    async def stop_instance(self, instance: Instance) -> str | None:
+        """A clean stop (the host's shutdown request); returns a problem, if there was one."""
+        if instance.busy or not _alive(instance.proc):
+            raise LatticeError(f"instance {instance.index} is not running")
+        instance.held = True
+        instance.busy = True
+        instance.down = "stopped on request"
+        try:
+            return await self._shutdown(instance, via_nats=_alive(instance.leaf_proc))
+        finally:
+            instance.busy = False
 
     # ------------------------------------------------------------------ observe
     def live_instances(self) -> list[Instance]:
-        return [i for i in self.instances if i.proc is not None and i.proc.poll() is None]
+        return [i for i in self.instances if _alive(i.proc)]
 
-    def exited(self) -> list[str]:
-        """A report (with log tail) for each process that died while it should be running."""
-        dead = []
-        if self.nats_proc is not None and self.nats_proc.poll() is not None:
-            dead.append(
-                f"nats-server (pid {self.nats_proc.pid}) {_how(self.nats_proc)}; "
-                f"tail of {self.nats_log}:\n{tail(self.nats_log)}"
-            )
-        for instance in self.instances:
-            proc = instance.proc
-            if proc is not None and not instance.stopping and proc.poll() is not None:
-                dead.append(
-                    f"provider instance {instance.index} (pid {proc.pid}) {_how(proc)}; "
-                    f"tail of {instance.log_path}:\n{tail(instance.log_path)}"
-                )
-        return dead
-
-    def dead_instances(self) -> list[Instance]:
-        """Providers that died while they should be running (not being stopped)."""
+    def newly_down(self) -> list[Instance]:
+        """Instances whose provider or leaf died unasked and that are not yet marked down."""
         return [
             i
             for i in self.instances
-            if i.proc is not None and not i.stopping and i.proc.poll() is not None
+            if i.proc is not None
+            and not i.busy
+            and not i.stopping
+            and i.down is None
+            and not i.running
         ]
 
     def nats_server_exited(self) -> bool:
         return self.nats_proc is not None and self.nats_proc.poll() is not None
 
     def describe_exit(self, instance: Instance) -> str:
-        proc = instance.proc
-        assert proc is not None
-        return f"provider instance {instance.index} (pid {proc.pid}) {_how(proc)}"
+        """What happened to the instance, in words: the provider's exit or the leaf's."""
+        proc, leaf = instance.proc, instance.leaf_proc
+        if proc is not None and proc.poll() is not None:
+            return f"provider instance {instance.index} (pid {proc.pid}) {_how(proc)}"
+        if leaf is not None and leaf.poll() is not None:
+            return (
+                f"the leaf nats-server of instance {instance.index} (pid {leaf.pid}) {_how(leaf)};"
+                " its provider is cut off"
+            )
+        return f"provider instance {instance.index} is running"
 
-    def restart(self, instance: Instance) -> None:
-        """Start a dead instance again (same host key, a new instance id), log appended."""
-        old = instance.proc
-        if old is not None and old.stdin is not None:
-            with contextlib.suppress(OSError):
-                old.stdin.close()
-        instance.restarts += 1
-        with instance.log_path.open("ab") as log:
-            log.write(f"\n--- restarted by nats-kvcache dev ({instance.restarts}) ---\n".encode())
-        self._launch(instance, append_log=True)
+    def down_reason(self, instance: Instance) -> str:
+        """Why a dead instance is down, in a few words for its status line."""
+        proc, leaf = instance.proc, instance.leaf_proc
+        if proc is not None and proc.poll() is not None:
+            return _how(proc).removeprefix("was ")
+        if leaf is not None and leaf.poll() is not None:
+            return f"its leaf server {_how(leaf).removeprefix('was ')}"
+        return "not running"
 
-    def _check_alive(self) -> None:
-        dead = self.exited()
-        if dead:
-            raise LatticeError("\n".join(dead))
+    def exited(self) -> list[str]:
+        """A report (with log tail) for the hub, when it died while it should be running."""
+        if not self.nats_server_exited():
+            return []
+        assert self.nats_proc is not None
+        return [
+            f"nats-server (pid {self.nats_proc.pid}) {_how(self.nats_proc)}; "
+            f"tail of {self.nats_log}:\n{tail(self.nats_log)}"
+        ]
 
     async def probe_health(self, window: float = 1.0) -> HealthReport:
         """One health request, collecting every instance's reply for up to ``window`` seconds."""
@@ -348,13 +628,18 @@ class DevLattice:
             link_name=LINK_NAME,
             actor=self.actor.public_key,
             seed=self.cluster.seed,
+            control=str(self.control_path or ""),
             instances=[
                 {
                     "index": i.index,
+                    "state": i.state,
+                    "nats_url": i.nats_url,
                     "pid": i.proc.pid if i.proc else None,
+                    "leaf_pid": i.leaf_proc.pid if i.leaf_proc else None,
                     "host_id": i.host.public_key,
                     "instance_id": i.instance_id,
                     "log": str(i.log_path),
+                    "leaf_log": str(i.leaf_log),
                     "metrics": i.metrics_addr,
                 }
                 for i in self.instances
@@ -362,45 +647,61 @@ class DevLattice:
             nats_server={
                 "pid": self.nats_proc.pid if self.nats_proc else None,
                 "port": self.port,
+                "leafnode_port": self.leafnode_port,
                 "log": str(self.nats_log),
             },
         )
 
     # ------------------------------------------------------------------ stop
     async def stop(self) -> list[str]:
-        """Shut every provider down with a shutdown request, then nats-server; returns problems."""
+        """Shut every provider down with a shutdown request, then the leaves, then the hub;
+        returns the problems."""
+        running = [i for i in self.instances if _alive(i.proc)]
         problems = [
             p
-            for p in await asyncio.gather(*(self._shutdown(i) for i in self.instances))
+            for p in await asyncio.gather(
+                *(self._shutdown(i, via_nats=_alive(i.leaf_proc)) for i in running)
+            )
             if p is not None
         ]
+        for instance in self.instances:
+            self._close_stdin(instance)
         if self.nc is not None:
             with contextlib.suppress(TimeoutError, nats.errors.Error):
                 await asyncio.wait_for(self.nc.close(), timeout=2)
+        servers = [i.leaf_proc for i in self.instances if i.leaf_proc is not None]
+        await asyncio.gather(*(asyncio.to_thread(_stop_process, s, 5.0) for s in servers))
         if self.nats_proc is not None:
             await asyncio.to_thread(_stop_process, self.nats_proc, 5.0)
-        if self.store_dir is not None:
-            shutil.rmtree(self.store_dir, ignore_errors=True)
+        if self.run_dir is not None:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
         return problems
 
-    async def _shutdown(self, instance: Instance) -> str | None:
+    async def _shutdown(self, instance: Instance, *, via_nats: bool = True) -> str | None:
+        """The host's shutdown request (when its leaf is up to carry it), else SIGTERM."""
         proc = instance.proc
         if proc is None:
             return None
         instance.stopping = True
         problems = []
         if proc.poll() is None:
-            if not await self._request_shutdown(instance):
+            if via_nats and not await self._request_shutdown(instance):
                 problems.append("did not acknowledge the shutdown request")
+            if not via_nats:
+                proc.terminate()
             if not await asyncio.to_thread(_wait, proc, 5.0):
                 problems.append("did not exit; stopped with a signal")
                 await asyncio.to_thread(_stop_process, proc, 2.0)
-        if proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
         if not problems:
             return None
         return f"provider instance {instance.index} (pid {proc.pid}): {'; '.join(problems)}"
+
+    @staticmethod
+    def _close_stdin(instance: Instance) -> None:
+        proc = instance.proc
+        if proc is not None and proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
 
     async def _request_shutdown(self, instance: Instance) -> bool:
         nc = self.nc

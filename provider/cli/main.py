@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Sequence
 
 from provider import __version__
-from provider.cli import bench_report, call, dev, health, par, status
+from provider.cli import bench_report, call, dev, health, instance, par, status
 from provider.cli.common import DEBUG_ENV, EXIT_FAILED, EXIT_INTERRUPTED, error
 
 
@@ -30,7 +30,7 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, argparse.Argument
     parser.add_argument("--version", action="version", version=f"nats-kvcache {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands: dict[str, argparse.ArgumentParser] = {}
-    for module in (call, dev, health, status, par, bench_report):
+    for module in (call, dev, instance, health, status, par, bench_report):
         before = set(subparsers.choices)
         module.add_parser(subparsers)
         for name in set(subparsers.choices) - before:

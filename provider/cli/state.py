@@ -1,7 +1,11 @@
 """The dev lattice state file: how ``call`` finds what ``dev`` started.
 
 ``dev`` writes one small JSON document (URL, keys, pids) and ``call`` reads it for every setting
-not given as a flag, so trying the provider needs no copy-pasting of keys. The file holds the
+not given as a flag, so trying the provider needs no copy-pasting of keys. Each entry of
+``instances`` carries that instance's own address (``nats_url``, its leaf server, which
+``call --instance N`` connects to), its ``instance_id`` and its ``state`` (running, starting,
+stopping, down); ``dev`` rewrites the file whenever one of them changes. ``control`` is the Unix
+socket ``nats-kvcache instance`` talks to. The file holds the
 throwaway cluster seed of the dev lattice, hence mode 0600 and an atomic replace: a reader never
 sees a half-written file and no other user can read the seed.
 """
@@ -34,6 +38,16 @@ class DevState:
     seed: str = field(default="", repr=False)  # secret, even if a throwaway one
     instances: list[dict[str, Any]] = field(default_factory=list)
     nats_server: dict[str, Any] = field(default_factory=dict)
+    control: str = ""  # the running ``dev``'s control socket
+
+    def instance(self, index: int) -> dict[str, Any]:
+        """Instance ``index``'s entry; a :class:`StateError` that lists the valid ones."""
+        for entry in self.instances:
+            if isinstance(entry, dict) and entry.get("index") == index:
+                return entry
+        known = [e.get("index") for e in self.instances if isinstance(e, dict)]
+        have = ", ".join(str(k) for k in known) if known else "none"
+        raise StateError(f"no instance {index} in the dev lattice (instances: {have})")
 
     @classmethod
     def from_dict(cls, obj: Any) -> DevState:

@@ -54,7 +54,10 @@ class Dev:
     output: Path
 
     def pids(self) -> list[int]:
-        return [i["pid"] for i in self.state["instances"]] + [self.state["nats_server"]["pid"]]
+        """Every process of the lattice: providers, their leaf servers and the hub."""
+        instances = self.state["instances"]
+        found = [i.get(key) for i in instances for key in ("pid", "leaf_pid")]
+        return [p for p in found if p] + [self.state["nats_server"]["pid"]]
 
     def call(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -379,7 +382,7 @@ def test_dev_metrics_ports_banner_commands_and_restart(tmp_path: Path) -> None:
             except OSError:
                 base = _free_port()
     env = {**_env(), "NATS_KVCACHE_METRICS_ADDR": f"127.0.0.1:{base}"}
-    dev = _start_dev(tmp_path, "--instances", "2", env=env)
+    dev = _start_dev(tmp_path, "--instances", "2", "--restart", "on-failure", env=env)
     try:
         out = dev.output.read_text()
         for index, port in ((0, base), (1, base + 1)):
@@ -401,7 +404,8 @@ def test_dev_metrics_ports_banner_commands_and_restart(tmp_path: Path) -> None:
         )
         assert (result.returncode, result.stdout) == (0, "OK\n"), result.stderr
 
-        # An instance that dies is started again and the lattice keeps answering.
+        # With --restart on-failure, an instance that dies is started again (the default
+        # leaves it down: see test_dev_lattice.py) and the lattice keeps answering.
         victim = dev.state["instances"][0]["pid"]
         os.kill(victim, signal.SIGKILL)
         deadline = time.monotonic() + START_TIMEOUT

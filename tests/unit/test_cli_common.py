@@ -130,3 +130,37 @@ def test_nats_urls_are_normalised_in_one_place() -> None:
     assert hostdata.normalize_nats_url("  ") == ""
     assert hostdata.normalize_nats_url(None) == ""
     assert config.normalize_nats_url is hostdata.normalize_nats_url
+
+
+def test_state_file_names_each_instance_and_says_which_exist(tmp_path: Path) -> None:
+    saved = statefile.DevState(
+        control="/run/x.sock",
+        instances=[{"index": 0, "nats_url": "nats://127.0.0.1:1"}, {"index": 2}],
+    )
+    statefile.save(tmp_path / "s.json", saved)
+    loaded = statefile.load(tmp_path / "s.json", required=True)
+    assert loaded.control == "/run/x.sock"
+    assert loaded.instance(0)["nats_url"] == "nats://127.0.0.1:1"
+    with pytest.raises(statefile.StateError, match=r"no instance 1 .*instances: 0, 2"):
+        loaded.instance(1)
+
+
+def test_leaf_servers_reach_the_hubs_jetstream(tmp_path: Path) -> None:
+    """A leaf has no JetStream of its own: the default API is mapped onto the hub's domain, so
+    chunked bodies (the object store) work for a provider connected to its leaf."""
+    hub = lattice.hub_config(4222, 7422, str(tmp_path / "js"))
+    assert 'listen: "127.0.0.1:4222"' in hub and 'leafnodes { listen: "127.0.0.1:7422" }' in hub
+    assert f'domain: "{lattice.JS_DOMAIN}"' in hub
+    leaf = lattice.leaf_config(3, 4300, 7422)
+    assert '"$JS.API.>": "$JS.hub.API.>"' in leaf and "nats-leaf://127.0.0.1:7422" in leaf
+    assert 'server_name: "dev-leaf-3"' in leaf
+
+
+def test_a_dead_instance_is_shown_down_with_the_reason(tmp_path: Path) -> None:
+    from contract.nkeys import KeyPair
+
+    instance = lattice.Instance(1, KeyPair.generate("server"), tmp_path / "p.log", leaf_port=4301)
+    instance.down = "killed by signal 9"
+    line = dev.instance_line(instance, None, "healthy")
+    assert line.startswith("  #1 ") and ":4301" in line and "DOWN (killed by signal 9)" in line
+    assert instance.state == "down" and instance.nats_url == "nats://127.0.0.1:4301"
