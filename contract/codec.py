@@ -22,6 +22,7 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "DecodeError",
     "WireError",
+    "array_length",
     "pack",
     "pack_json",
     "unpack",
@@ -67,8 +68,33 @@ def _limits(max_bytes: int) -> dict[str, Any]:
 _DEFAULT_LIMITS = _limits(MAX_MESSAGE_BYTES)
 
 
-def unpack(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+def array_length(data: bytes) -> int | None:
+    """The element count a msgpack array header at the start of ``data`` announces, else None.
+
+    Reading the header costs nothing, whereas decoding the array materialises every element
+    first: a caller with a bound on the count checks it here and refuses an oversized array
+    before any decoding work. A truncated header is None (``unpack`` reports it).
+    """
+    if not data:
+        return None
+    marker = data[0]
+    if 0x90 <= marker <= 0x9F:  # fixarray
+        return marker & 0x0F
+    if marker == 0xDC and len(data) >= 3:  # array 16
+        return int.from_bytes(data[1:3], "big")
+    if marker == 0xDD and len(data) >= 5:  # array 32
+        return int.from_bytes(data[1:5], "big")
+    return None
+
+
+def unpack(
+    data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES, max_array_len: int | None = None
+) -> Any:
     """Decode exactly one msgpack value from ``data``.
+
+    ``max_array_len`` lowers the per-array element limit for callers that know the value's
+    shape (a list of names, say): msgpack refuses a longer array at its header, before it
+    allocates the elements.
 
     Raises ``DecodeError`` for oversize input, truncated or malformed data, ext types, unhashable
     map keys, excessive nesting and trailing bytes after the value — never anything else, so
@@ -80,6 +106,8 @@ def unpack(data: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
     if size == 0:
         raise DecodeError("unexpected end of input: empty message")
     kwargs = _DEFAULT_LIMITS if max_bytes == MAX_MESSAGE_BYTES else _limits(max_bytes)
+    if max_array_len is not None and max_array_len < kwargs["max_array_len"]:
+        kwargs = {**kwargs, "max_array_len": max_array_len}
     try:
         return msgpack.unpackb(data, **kwargs)
     except msgpack.ExtraData as exc:

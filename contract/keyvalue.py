@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from contract import _fields as f
-from contract.codec import DecodeError, pack, unpack
+from contract.codec import MAX_MESSAGE_BYTES, DecodeError, array_length, pack, unpack
 
 __all__ = [
     "CONTRACT_ID",
+    "MAX_SET_NAMES_GIVEN",
     "OPERATIONS",
     "SERVICE",
     "ArgumentError",
@@ -32,6 +33,7 @@ __all__ = [
     "SetAddRequest",
     "SetDelRequest",
     "SetRequest",
+    "TooManyNamesError",
     "UnknownOperationError",
     "resolve_operation",
 ]
@@ -47,6 +49,29 @@ class ArgumentError(ValueError):
         super().__init__(f"deserialization: '{type_name}': deserialization: {detail}")
         self.type_name = type_name
         self.detail = detail
+
+
+#: Set names one ``SetUnion`` / ``SetIntersection`` argument may give, duplicates included: the
+#: bound the store enforces too (``provider.store.MAX_SET_NAMES_GIVEN``, README "Limits").
+#: Checked here on the array's header, so an oversized argument is refused before one name of
+#: it is decoded, instead of after materialising up to a million strings.
+MAX_SET_NAMES_GIVEN = 200_000
+
+
+class TooManyNamesError(ArgumentError):
+    """A name list is longer than its operation accepts.
+
+    The text is the store's own refusal (``ERR too many set names …``), not the decoder's
+    double-prefixed one: the argument is well formed, it only asks for too much work, and the
+    caller must see the same answer whether the bound was met while decoding or after.
+    """
+
+    def __init__(self, given: int, limit: int) -> None:
+        ValueError.__init__(self, f"ERR too many set names (more than {limit})")
+        self.type_name = "StringList"
+        self.detail = f"{given} names given, at most {limit} accepted"
+        self.given = given
+        self.limit = limit
 
 
 class UnknownOperationError(LookupError):
@@ -293,6 +318,9 @@ class Operation:
     input_type: str
     output_type: str
     readonly: bool = False
+    #: Most elements the argument's (top-level or nested) arrays may have; None: the codec's
+    #: size-derived default. Set for name lists, whose length bounds the work of a call.
+    max_items: int | None = None
     _input_from: Callable[[Any], Any] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -303,10 +331,20 @@ class Operation:
     def wire_name(self) -> str:
         return f"{SERVICE}.{self.name}"
 
-    def decode_input(self, msg: bytes) -> Any:
-        """Argument bytes → Python value (str, list[str] or request dataclass)."""
+    def decode_input(self, msg: bytes, *, max_bytes: int = MAX_MESSAGE_BYTES) -> Any:
+        """Argument bytes → Python value (str, list[str] or request dataclass).
+
+        ``max_bytes`` is raised only for a chunked argument (fetched from the object store).
+        A name list longer than ``max_items`` is refused with :class:`TooManyNamesError` from
+        its header alone, in microseconds, whatever its size.
+        """
+        limit = self.max_items
+        if limit is not None and len(msg) <= max_bytes:
+            given = array_length(msg)
+            if given is not None and given > limit:
+                raise TooManyNamesError(given, limit)
         try:
-            return self._input_from(unpack(msg))
+            return self._input_from(unpack(msg, max_bytes=max_bytes, max_array_len=limit))
         except (DecodeError, f.FieldError) as exc:
             raise ArgumentError(self.input_type, str(exc)) from None
 
@@ -355,8 +393,16 @@ OPERATIONS: dict[str, Operation] = {
         Operation("SetAdd", "SetAddRequest", "U32"),
         Operation("SetDel", "SetDelRequest", "U32"),
         Operation("SetQuery", "String", "StringList", readonly=True),
-        Operation("SetUnion", "StringList", "StringList", readonly=True),
-        Operation("SetIntersection", "StringList", "StringList", readonly=True),
+        Operation(
+            "SetUnion", "StringList", "StringList", readonly=True, max_items=MAX_SET_NAMES_GIVEN
+        ),
+        Operation(
+            "SetIntersection",
+            "StringList",
+            "StringList",
+            readonly=True,
+            max_items=MAX_SET_NAMES_GIVEN,
+        ),
         Operation("SetClear", "String", "Boolean"),
     )
 }

@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from contract._fields import FieldError
 from contract.claims import (
     ClaimsError,
     PreparedClaims,
@@ -38,9 +37,8 @@ from contract.claims import (
     target_mismatch_error,
     unlinked_actor_error,
 )
-from contract.codec import MAX_MESSAGE_BYTES, DecodeError, unpack
+from contract.codec import MAX_MESSAGE_BYTES, DecodeError
 from contract.keyvalue import (
-    _CONVERTERS,
     ArgumentError,
     Operation,
     UnknownOperationError,
@@ -88,10 +86,7 @@ def decode_argument(operation: Operation, msg: bytes) -> object:
     (up to :data:`~provider.chunking.MAX_CHUNKED_BYTES`)."""
     if len(msg) <= MAX_MESSAGE_BYTES:
         return operation.decode_input(msg)
-    try:
-        return _CONVERTERS[operation.input_type][0](unpack(msg, max_bytes=MAX_CHUNKED_BYTES))
-    except (DecodeError, FieldError) as exc:
-        raise ArgumentError(operation.input_type, str(exc)) from None
+    return operation.decode_input(msg, max_bytes=MAX_CHUNKED_BYTES)
 
 
 class InvocationHandler:

@@ -7,6 +7,7 @@ from contract.codec import (
     MAX_MESSAGE_BYTES,
     DecodeError,
     WireError,
+    array_length,
     pack,
     pack_json,
     unpack,
@@ -69,6 +70,40 @@ def test_explicit_max_bytes_for_dechunked_bodies() -> None:
     assert unpack(data, max_bytes=2 * MAX_MESSAGE_BYTES) == "y" * (MAX_MESSAGE_BYTES + 10)
     with pytest.raises(DecodeError):
         unpack(pack("abc"), max_bytes=2)
+
+
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 65_535, 65_536, 200_001])
+def test_array_length_reads_the_count_from_the_header(count: int) -> None:
+    assert array_length(pack([""] * count)) == count
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"\xdc\x01", b"\xdd\x00\x00\x01", pack("names"), pack({"a": 1}), pack(None)],
+    ids=["empty", "truncated-16", "truncated-32", "str", "map", "nil"],
+)
+def test_array_length_is_none_without_a_whole_array_header(data: bytes) -> None:
+    assert array_length(data) is None
+
+
+def test_array_length_ignores_everything_after_the_header() -> None:
+    """It never decodes: a header announcing 2**32 - 1 elements with garbage behind it."""
+    assert array_length(b"\xdd\xff\xff\xff\xff\xc1") == 2**32 - 1
+
+
+def test_lower_max_array_len_refuses_at_the_header_even_nested() -> None:
+    assert unpack(pack(["a"] * 10), max_array_len=10) == ["a"] * 10
+    for value in (["a"] * 11, {"names": ["a"] * 11}):
+        with pytest.raises(DecodeError, match=r"11 exceeds max_array_len\(10\)"):
+            unpack(pack(value), max_array_len=10)
+    # The announced count is refused before the (missing) elements are read.
+    with pytest.raises(DecodeError, match="max_array_len"):
+        unpack(b"\xdd\x00\x00\x00\x0b", max_array_len=10)
+
+
+def test_max_array_len_never_raises_the_size_derived_limit() -> None:
+    with pytest.raises(DecodeError, match="max_array_len"):
+        unpack(b"\xdd\xff\xff\xff\xff", max_array_len=2**40)
 
 
 def test_non_bytes_input_is_a_decode_error() -> None:

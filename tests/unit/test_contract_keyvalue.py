@@ -1,6 +1,7 @@
 """contract.keyvalue: request/response types, the operation table and dispatch errors."""
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,7 @@ import pytest
 from contract.codec import pack, unpack
 from contract.keyvalue import (
     CONTRACT_ID,
+    MAX_SET_NAMES_GIVEN,
     OPERATIONS,
     ArgumentError,
     GetResponse,
@@ -19,9 +21,11 @@ from contract.keyvalue import (
     SetAddRequest,
     SetDelRequest,
     SetRequest,
+    TooManyNamesError,
     UnknownOperationError,
     resolve_operation,
 )
+from provider import store
 
 DATA = json.loads((Path(__file__).resolve().parent.parent / "data" / "vectors.json").read_text())
 KV = [v for v in DATA["vectors"] if v["name"].startswith("kv.")]
@@ -265,3 +269,65 @@ def test_last_dot_split_with_nested_service() -> None:
     # "a.KeyValue.Get" splits into service "a.KeyValue", which is not "KeyValue".
     with pytest.raises(UnknownOperationError, match=r"^method not handled a\.KeyValue\.Get"):
         resolve_operation("a.KeyValue.Get")
+
+
+# -- name lists: the bound applies while decoding --------------------------------------------
+
+NAME_LISTS = ["SetUnion", "SetIntersection"]
+TOO_MANY = f"ERR too many set names (more than {MAX_SET_NAMES_GIVEN})"
+
+
+def _array_header(count: int) -> bytes:
+    return b"\xdd" + count.to_bytes(4, "big")
+
+
+@pytest.mark.parametrize("method", NAME_LISTS)
+def test_an_oversized_name_list_is_refused_from_its_header(method: str) -> None:
+    """Only the header is read: the bytes after it are not even valid msgpack, yet the answer
+    is the bound, not a decoding error; so refusing costs nothing whatever the argument holds."""
+    op = OPERATIONS[method]
+    for count in (MAX_SET_NAMES_GIVEN + 1, 2**32 - 1):
+        with pytest.raises(TooManyNamesError) as excinfo:
+            op.decode_input(_array_header(count) + b"\xc1")
+        assert str(excinfo.value) == TOO_MANY
+        assert isinstance(excinfo.value, ArgumentError)  # an actor-facing refusal, as before
+        assert excinfo.value.given == count
+    with pytest.raises(TooManyNamesError):  # a chunked argument, over the 1 MiB message limit
+        op.decode_input(_array_header(2**32 - 1) + b"\xa0" * (2 << 20), max_bytes=4 << 20)
+    with pytest.raises(TooManyNamesError, match=re.escape(TOO_MANY)):  # not only a header
+        op.decode_input(pack([""] * (MAX_SET_NAMES_GIVEN + 1)))
+
+
+def test_the_decoding_bound_is_the_stores_bound_with_the_same_text() -> None:
+    """Refused while decoding or by the store after it, a caller sees one answer."""
+    assert store.MAX_SET_NAMES_GIVEN == MAX_SET_NAMES_GIVEN
+    with pytest.raises(store.TooMuchWorkError) as from_store:
+        store.distinct_names(["x"] * (MAX_SET_NAMES_GIVEN + 1))
+    assert str(from_store.value) == TOO_MANY
+
+
+@pytest.mark.parametrize("method", NAME_LISTS)
+def test_name_lists_within_the_bound_decode_as_before(method: str) -> None:
+    op = OPERATIONS[method]
+    names = ["atk"] * MAX_SET_NAMES_GIVEN
+    assert op.decode_input(pack(names)) == names
+    assert op.decode_input(pack(["b", "a", "b"])) == ["b", "a", "b"]
+    assert op.decode_input(pack([])) == []
+    with pytest.raises(ArgumentError, match=r"^deserialization: 'StringList': .*invalid type"):
+        op.decode_input(pack("atk"))  # not a list: the decoder's text, unchanged
+
+
+@pytest.mark.parametrize("method", NAME_LISTS)
+def test_an_oversized_array_nested_in_a_name_list_is_refused_while_decoding(method: str) -> None:
+    with pytest.raises(ArgumentError) as excinfo:
+        OPERATIONS[method].decode_input(pack([[""] * (MAX_SET_NAMES_GIVEN + 1)]))
+    assert not isinstance(excinfo.value, TooManyNamesError)
+    assert "exceeds max_array_len(200000)" in str(excinfo.value)
+
+
+def test_other_operations_keep_the_size_derived_array_limit() -> None:
+    """Only name lists have an item bound; elsewhere a long array is the usual type error."""
+    assert [name for name, op in OPERATIONS.items() if op.max_items is not None] == NAME_LISTS
+    with pytest.raises(ArgumentError) as excinfo:
+        OPERATIONS["Get"].decode_input(pack([""] * (MAX_SET_NAMES_GIVEN + 1)))
+    assert "sequence of length 200001, expected a string" in str(excinfo.value)
