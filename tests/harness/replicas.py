@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import itertools
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,11 +27,11 @@ import nats
 from nats.aio.client import Client as NATS
 
 from contract.client import KeyValueClient
-from contract.codec import pack
 from contract.keyvalue import CONTRACT_ID
 from contract.nkeys import KeyPair
 from contract.wire import HealthCheckResponse, HostData, LinkDefinition, Subjects
-from tests.harness.processes import ProviderProcess
+from tests.harness.repo import PROVIDER_COMMAND
+from wasmbus_testkit import HostKeys, HostStyle, ProviderProcess, build_host_data, link_definition
 
 T = TypeVar("T")
 
@@ -46,7 +45,8 @@ CALL_TIMEOUT = 5.0
 
 def _default_launcher(log_dir: Path) -> Launcher:
     def launch(stdin_line: bytes, cmd: list[str] | None = None, **kw: Any) -> ProviderProcess:
-        return ProviderProcess(stdin_line, cmd, log_dir=log_dir, **kw).start()
+        command = PROVIDER_COMMAND if cmd is None else cmd
+        return ProviderProcess(stdin_line, command, log_dir=log_dir, **kw).start()
 
     return launch
 
@@ -137,26 +137,25 @@ class Replica:
         )
 
     def link(self, actor: KeyPair, values: dict[str, str] | None = None) -> LinkDefinition:
-        return LinkDefinition(
-            actor_id=actor.public_key,
-            provider_id=self.provider.public_key,
-            link_name=self.link_name,
+        return link_definition(
+            self.provider.public_key,
+            actor.public_key,
             contract_id=CONTRACT_ID,
-            values=dict(self.values if values is None else values),
+            link_name=self.link_name,
+            values=self.values if values is None else values,
         )
 
     def host_data(self) -> HostData:
-        return HostData(
-            host_id=self.host.public_key,
-            lattice_rpc_prefix=self.lattice,
+        """What an OTP host of its own would send this instance (the set's cluster key)."""
+        owner = self.owner
+        keys = HostKeys(cluster=owner.cluster, host=self.host, provider=self.provider)
+        return build_host_data(
+            keys,
+            owner.lattice_url.removeprefix("nats://"),
+            style=HostStyle.OTP,
+            lattice=self.lattice,
             link_name=self.link_name,
-            lattice_rpc_url=self.owner.lattice_url.removeprefix("nats://"),
-            provider_key=self.provider.public_key,
-            invocation_seed=self.owner.cluster.seed,
-            env_values={},
-            instance_id=str(uuid.uuid4()),
-            link_definitions=[self.link(self.owner.actor)] if self.linked else [],
-            cluster_issuers=[self.owner.cluster.public_key],
+            links=[self.link(owner.actor)] if self.linked else [],
             config_json=self.config_json,
             log_level=self.log_level,
         )
@@ -196,7 +195,7 @@ class Replica:
     async def health(self, timeout: float = 2.0) -> HealthCheckResponse:
         """Ask this instance (only this one: its lattice prefix is its own) how it is."""
         reply = await self.owner.nc.request(
-            self.subjects.health, pack({"placeholder": True}), timeout=timeout
+            self.subjects.health, HostStyle.OTP.health_body, timeout=timeout
         )
         return HealthCheckResponse.decode_msgpack(reply.data)
 

@@ -26,8 +26,8 @@ from contract.keyvalue import GetResponse
 from contract.nkeys import KeyPair
 from contract.wire import Invocation, InvocationResponse
 from tests.harness import strategies
-from tests.harness.fakehost import FakeHost, ThreadLoop
-from tests.harness.natsserver import NatsServer
+from wasmbus_testkit import KeyValueHost as FakeHost
+from wasmbus_testkit import NatsServer, ThreadLoop
 
 T = TypeVar("T")
 

@@ -23,9 +23,9 @@ import pytest
 from contract.client import KeyValueClient
 from contract.nkeys import KeyPair
 from contract.wire import SHUTDOWN_ACK, HealthCheckResponse, Subjects
-from tests.harness.natsserver import NatsServer
-from tests.harness.processes import REPO_ROOT, wait_for
+from tests.harness.repo import REPO_ROOT
 from tests.unit.test_compose import PROVIDERS, _comment_block, _provider_env, documented_call
+from wasmbus_testkit import NatsServer, wait_for
 
 SCRIPT = REPO_ROOT / "docker" / "provider-from-env.sh"
 COMPOSE = REPO_ROOT / "docker-compose.yml"

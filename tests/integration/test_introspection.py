@@ -29,10 +29,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from contract.client import KeyValueError
 from provider.introspection import SERVICE_NAME, status_subject
 from provider.prometheus import ENV_VAR
-from tests.harness.fakehost import FakeHost
-from tests.harness.natsserver import NatsServer
-from tests.harness.processes import REPO_ROOT, ProviderProcess, free_port, port_open, wait_for
 from tests.harness.replicas import Replica, ReplicaSet, gather_limited, wait_converged
+from tests.harness.repo import REPO_ROOT
+from wasmbus_testkit import KeyValueHost as FakeHost
+from wasmbus_testkit import NatsServer, ProviderProcess, free_port, port_open, wait_for
 
 PERIOD = 1.0  # REPLAY_HEARTBEAT_SECS for the replicating instances
 CLI = [sys.executable, "-m", "provider.cli.main"]

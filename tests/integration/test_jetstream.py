@@ -30,9 +30,8 @@ from provider.replication.jetstream import decode_record, key_token
 from provider.replication.signing import HEADER_BYTES
 from provider.store import KeyValueStore
 from provider.store.codec import new_node_id
-from tests.harness.natsserver import NatsCluster, NatsServer
-from tests.harness.processes import ProviderProcess, wait_for
 from tests.harness.replicas import Replica, ReplicaSet, gather_limited, wait_converged
+from wasmbus_testkit import NatsCluster, NatsServer, ProviderProcess, wait_for
 
 #: Long enough for an R3 stream to elect a new leader and an ordered consumer to notice a
 #: missing heartbeat (2 x 5 s) and be recreated.

@@ -13,6 +13,7 @@ import contextlib
 import json
 import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,9 +25,9 @@ from contract.codec import pack
 from contract.keyvalue import GetResponse
 from contract.nkeys import KeyPair
 from contract.wire import HostData
-from tests.harness.fakehost import FakeHost
-from tests.harness.processes import ProviderProcess, wait_for
-from tests.harness.proxy import FaultProxy
+from tests.harness.replicas import Replica, ReplicaSet, gather_limited
+from wasmbus_testkit import FaultProxy, NatsServer, ProviderProcess, wait_for
+from wasmbus_testkit import KeyValueHost as FakeHost
 
 HostFactory = Callable[..., Awaitable[FakeHost]]
 
@@ -392,10 +393,26 @@ async def test_sigterm_during_start_up_exits_zero_within_two_seconds(
     assert "fatal" not in host.stderr()
 
 
-async def test_sigterm_with_the_nats_server_gone_exits_zero(fake_host: FakeHost) -> None:
+@pytest.mark.parametrize(
+    "replication", [None, "nats", "jetstream"], ids=["standalone", "nats", "jetstream"]
+)
+async def test_sigterm_with_the_nats_server_gone_exits_zero(
+    fake_host_factory: HostFactory, nats_server: NatsServer, replication: str | None
+) -> None:
     """The lattice server died: a SIGTERM still ends in a clean exit 0 (this used to be
-    ``fatal: RuntimeError … handler is closed``, exit 1)."""
-    await fake_host.kv.set("lifecycle:gone", "x")
+    ``fatal: RuntimeError … handler is closed``, exit 1). Standalone, and replicating through
+    the same server in either mode, so that both connections are lost at once."""
+    config = None
+    if replication is not None:
+        values = {"NATS_URL": nats_server.url, "REPLICATION": replication, "CACHE_PREFIX": "gone"}
+        config = json.dumps(values)
+    fake_host = await fake_host_factory(config_json=config)
+
+    async def durable_set() -> bool:
+        await fake_host.kv.set("lifecycle:gone", "x")
+        return True
+
+    await wait_for(durable_set, 10, message="a Set")
     fake_host.server.kill()
     await wait_for_log(fake_host, "lattice connection lost")
     started = time.monotonic()
@@ -459,3 +476,72 @@ async def test_sigterm_during_a_stalled_jetstream_write_exits_zero(
     assert code == 0, host.stderr()
     assert elapsed < EXIT_WITHIN, f"exit took {elapsed:.2f}s"
     assert "fatal" not in host.stderr()
+
+
+# -- SIGTERM in the middle of a replay -------------------------------------------------------
+
+#: One way, on the joining instances' replication path. In plain NATS mode every snapshot chunk
+#: request then takes at least 0.3 s, so a few MB of state keeps them replaying for seconds
+#: (0.15 s stays well under the 1 s a joining instance waits for a snapshot offer). A JetStream
+#: replay streams records without waiting for each, so it needs a slower link to last.
+REPLAY_LATENCY = {"nats": 0.15, "jetstream": 0.4}
+REPLAY_KEYS = 240
+REPLAY_VALUE = "v" * 16_384  # ~4 MB in all: 15+ chunks of the 256 KB the seed sends at a time
+#: What each mode logs as its replay begins (a snapshot offer taken, the stream found), and
+#: once it is done: every joiner must have logged the first, none the second.
+REPLAY_BEGUN = {"nats": "replaying snapshot", "jetstream": "using existing lattice cache stream"}
+REPLAY_DONE = {"nats": "replay complete", "jetstream": "stream replay complete"}
+
+
+@pytest.mark.parametrize("mode", ["nats", "jetstream"])
+async def test_sigterm_mid_replay_exits_zero_on_every_instance(
+    replicas: ReplicaSet, fault_proxy: FaultProxy, mode: str
+) -> None:
+    """Four instances join while a ~4 MB state is replayed to them through a slow link (a
+    seed's snapshot, or the JetStream stream), and each gets a SIGTERM at a different point of
+    its replay, most probably with a request in flight: each exits 0 within two seconds (this
+    used to hang: a stop lost its cancellation inside the pending request). Each had logged the
+    start of its replay but not its end, and said "replaying" in health, when it was signalled:
+    the signal really met a replay in progress."""
+    tag = uuid.uuid4().hex[:8]
+
+    def values(url: str) -> dict[str, str]:
+        return {
+            "NATS_URL": url,
+            "REPLICATION": mode,
+            "CACHE_PREFIX": f"term-{tag}",
+            "STATE_REPL_SUBJECT": f"term.{tag}.events",
+            "REPLAY_REQ_SUBJECT": f"term.{tag}.replay",
+        }
+
+    seed = replicas.add("seed", values(replicas.lattice_url))
+    await replicas.start(seed)
+    await gather_limited(
+        (seed.client.set(f"big:{i}", REPLAY_VALUE) for i in range(REPLAY_KEYS)), limit=16
+    )
+    fault_proxy.latency(REPLAY_LATENCY[mode])
+    joiners = [replicas.add(f"join{i}", values(fault_proxy.url)) for i in range(4)]
+    await replicas.start(*joiners, ready=False)
+
+    async def replaying(replica: Replica) -> bool:
+        if REPLAY_BEGUN[mode] not in replica.log_text():
+            return False
+        return "replaying" in ((await replica.health(timeout=0.5)).message or "")
+
+    async def terminate_mid_replay(replica: Replica, delay: float) -> tuple[int, float, str]:
+        await wait_for(lambda: replaying(replica), timeout=15, message=f"{replica.name} to replay")
+        await asyncio.sleep(delay)
+        assert replica.proc is not None
+        started = time.monotonic()
+        replica.proc.terminate()
+        code = await replica.proc.wait_async(10)
+        return code, time.monotonic() - started, replica.log_text()
+
+    results = await asyncio.gather(
+        *(terminate_mid_replay(r, 0.4 * i) for i, r in enumerate(joiners))
+    )
+    for replica, (code, elapsed, log) in zip(joiners, results, strict=True):
+        assert REPLAY_DONE[mode] not in log, f"{replica.name} finished its replay first"
+        assert code == 0, f"{replica.name} exited {code}:\n{log[-3000:]}"
+        assert elapsed < EXIT_WITHIN, f"{replica.name} took {elapsed:.2f}s to exit"
+        assert "fatal" not in log, log[-3000:]

@@ -19,7 +19,7 @@ import pytest
 from contract.client import KeyValueError
 from contract.keyvalue import OPERATIONS, GetResponse, SetAddRequest
 from contract.wire import InvocationResponse
-from tests.harness.fakehost import FakeHost
+from wasmbus_testkit import KeyValueHost as FakeHost
 
 HostFactory = Callable[..., Awaitable[FakeHost]]
 

@@ -29,7 +29,7 @@ from contract.keyvalue import (
     SetRequest,
 )
 from contract.nkeys import KeyPair
-from tests.harness.fakehost import FakeHost
+from wasmbus_testkit import KeyValueHost as FakeHost
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

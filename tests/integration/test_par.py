@@ -28,9 +28,9 @@ import pytest
 
 from contract.keyvalue import CONTRACT_ID
 from contract.nkeys import KeyPair, decode_public_key, verify_signature
-from tests.harness.fakehost import FakeHost, HostKeys
-from tests.harness.natsserver import NatsServer
-from tests.harness.processes import REPO_ROOT, ProviderProcess, wait_for
+from tests.harness.repo import REPO_ROOT
+from wasmbus_testkit import HostKeys, NatsServer, ProviderProcess, wait_for
+from wasmbus_testkit import KeyValueHost as FakeHost
 
 CLI = [sys.executable, "-m", "provider.cli.main"]
 TARGET = "x86_64-linux"

@@ -16,8 +16,8 @@ from pathlib import Path
 import nats
 import pytest
 
-from tests.harness.natsserver import HOST, NatsServer
 from tests.harness.replicas import ReplicaSet, wait_converged
+from wasmbus_testkit import HOST, NatsServer
 
 CONFIG = Path(__file__).resolve().parents[2] / "docs" / "security" / "replication-server.conf"
 KVCACHE_PASSWORD = "kv-" + uuid.uuid4().hex

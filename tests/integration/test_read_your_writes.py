@@ -11,14 +11,19 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from tests.harness.proxy import FaultProxy
+from contract.client import KeyValueClient
 from tests.harness.replicas import Replica, ReplicaSet, wait_converged
+from wasmbus_testkit import FaultProxy
 
 PERIOD = 1.0
 ROUNDS = 16
+#: Cycles of each add/remove chain, each way round: every removal kind is checked after an add
+#: on the other instance (and every add after it) 2 x CHAIN_CYCLES times per direction.
+CHAIN_CYCLES = 2
 
 
 def repl_values(url: str, tag: str, mode: str = "nats", **extra: str) -> dict[str, str]:
@@ -88,6 +93,55 @@ async def test_alternating_calls_see_their_own_writes(
         assert await at(i + 1).client.contains(key), f"round {i}: Set not seen"
         await at(i + 1).client.delete(key)
         assert not await at(i).client.contains(key), f"round {i}: Del not seen"
+
+    # The removals: each answer below is right only if the call just before it, made on the
+    # other instance, is visible, so one chain checks both the add and the removal.
+    for first, second in (pair, pair[::-1]):
+        await _chain(first, second, _list_removals("rlist"), f"{first.name} adds")
+        await _chain(first, second, _set_removals("rset"), f"{first.name} adds")
+
+
+Step = tuple[str, Callable[[KeyValueClient], Awaitable[object]], object]
+
+
+def _list_removals(name: str) -> list[Step]:
+    """Add, ListDel, add, ListClear: ``ListAdd`` answers length 1 only if the removal before it
+    was seen, and ``ListDel``/``ListClear`` answer true only if the add before them was."""
+    return [
+        ("ListAdd", lambda c: c.list_add(name, "x"), 1),
+        ("ListDel", lambda c: c.list_del(name, "x"), True),
+        ("ListAdd", lambda c: c.list_add(name, "x"), 1),
+        ("ListClear", lambda c: c.list_clear(name), True),
+    ]
+
+
+def _set_removals(name: str) -> list[Step]:
+    """The same for sets: ``SetAdd`` answers 1 only if the member was removed (``SetDel``) or
+    the set cleared (``SetClear``) by the call before it; those answer 1/true only if the add
+    before them was seen."""
+    return [
+        ("SetAdd", lambda c: c.set_add(name, "m"), 1),
+        ("SetDel", lambda c: c.set_del(name, "m"), 1),
+        ("SetAdd", lambda c: c.set_add(name, "m"), 1),
+        ("SetClear", lambda c: c.set_clear(name), True),
+    ]
+
+
+async def _chain(first: Replica, second: Replica, steps: list[Step], label: str) -> None:
+    """Run ``steps`` CHAIN_CYCLES times, alternating ``first``, ``second``, ``first``...
+
+    The steps are an even number, so ``first`` always makes the adds and ``second`` the
+    removals; the caller runs each chain once each way round.
+    """
+    replicas = (first, second)
+    for cycle in range(CHAIN_CYCLES):
+        for index, (what, call, expected) in enumerate(steps):
+            replica = replicas[index % 2]
+            answer = await call(replica.client)
+            assert answer == expected, (
+                f"{label}, cycle {cycle}: {what} on {replica.name} answered {answer!r}, "
+                f"expected {expected!r}: the previous call's write was not seen"
+            )
 
 
 async def test_write_ack_local_answers_without_waiting(

@@ -3,7 +3,7 @@
 Every instance runs under its own lattice prefix, so each test can talk to one specific
 instance; identical explicit ``STATE_REPL_SUBJECT`` / ``REPLAY_REQ_SUBJECT`` values in the link
 values make them peers (see :mod:`tests.harness.replicas`). Fault tests put a
-:class:`~tests.harness.proxy.FaultProxy` between instance A's *replication* connection and the
+:class:`~wasmbus_testkit.FaultProxy` between instance A's *replication* connection and the
 server, while A's lattice (RPC) connection stays direct: A keeps answering while its peers are
 out of reach. The anti-entropy period is 1 s here (``REPLAY_HEARTBEAT_SECS``) to keep faults
 short; assertions about "nothing arrives" wait a little over two periods.
@@ -27,9 +27,8 @@ from provider.replication.signing import HEADER_BYTES
 from provider.store import Change, bucket_of
 from provider.store.codec import encode_change
 from provider.store.entry import Entry, Kind
-from tests.harness.natsserver import NatsServer
-from tests.harness.proxy import FaultProxy
 from tests.harness.replicas import Replica, ReplicaSet, gather_limited, wait_converged
+from wasmbus_testkit import FaultProxy, NatsServer
 
 PERIOD = 1.0  # REPLAY_HEARTBEAT_SECS in these tests
 #: How long to keep watching that something does *not* replicate: two periods and change.

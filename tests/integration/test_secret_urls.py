@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 
 from provider.introspection import SERVICE_NAME
-from tests.harness.fakehost import FakeHost
-from tests.harness.natsserver import HOST, NatsServer
-from tests.harness.processes import ProviderProcess, free_port, wait_for
+from wasmbus_testkit import HOST, NatsServer, ProviderProcess, free_port, wait_for
+from wasmbus_testkit import KeyValueHost as FakeHost
 
 USER = "alice"
 PASSWORD = "pw-" + uuid.uuid4().hex  # unique: it can only appear in output by leaking

@@ -21,7 +21,7 @@ from contract.codec import pack
 from contract.keyvalue import GetResponse
 from contract.nkeys import KeyPair
 from contract.wire import Invocation, InvocationResponse
-from tests.harness.fakehost import FakeHost
+from wasmbus_testkit import KeyValueHost as FakeHost
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

@@ -26,7 +26,8 @@ from contract.hostdata import HostData
 from contract.keyvalue import CONTRACT_ID
 from contract.nkeys import KeyPair, decode_public_key
 from provider.cli import call
-from tests.harness.processes import REPO_ROOT, find_venv_tool
+from tests.harness.repo import REPO_ROOT
+from wasmbus_testkit import find_venv_tool
 
 COMPOSE = REPO_ROOT / "docker-compose.yml"
 SCRIPT = REPO_ROOT / "docker" / "provider-from-env.sh"

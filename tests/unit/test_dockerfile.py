@@ -17,7 +17,8 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-from tests.harness.processes import REPO_ROOT, find_venv_tool
+from tests.harness.repo import REPO_ROOT
+from wasmbus_testkit import find_venv_tool
 
 DOCKERFILE = REPO_ROOT / "Dockerfile"
 CONSTRAINTS = REPO_ROOT / "constraints.txt"

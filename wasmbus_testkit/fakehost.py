@@ -1,86 +1,67 @@
-"""A fake wasmCloud host: launches the provider and drives it over NATS exactly like a host.
+"""A fake wasmCloud host: launches any provider and drives it over NATS exactly like a host.
 
 Nothing is mocked. :class:`FakeHost` writes the base64 HostData line to a real provider child
 process, talks to it through a real nats-server, signs every invocation with real Ed25519 claims
 and publishes link definitions, health and shutdown requests on the provider's real subjects
-(protocol spec §2-§10). Two host flavours are supported:
+(protocol spec §2-§10), in either host's style (:class:`~wasmbus_testkit.hostdata.HostStyle`:
+the OTP host, or ``test_mode=True`` for ``wasmcloud-test-util``'s).
 
-* **OTP style** (default): lattice ``default``, link ``default``, a ``host:port`` URL without a
-  scheme, a cluster key ``C…`` as the only trusted issuer (and as ``invocation_seed``), msgpack
-  link definitions and health replies, HostData line padded and ended with ``\\n``.
-* **test mode** (``test_mode=True``, the ``wasmcloud-test-util`` harness, spec §14): host id
-  ``_TEST_``, lattice ``TEST``, a server key ``N…`` as issuer, targets with an empty
-  contract id, JSON link definitions and health replies, HostData line unpadded and ended with
-  ``\\r\\n``.
+It knows no contract: ``contract_id`` says which one the provider implements, and arguments and
+results are the contract's own bytes (:class:`~wasmbus_testkit.invoker.Invoker`).
+:class:`~wasmbus_testkit.keyvalue.KeyValueHost` adds typed ``wasmcloud:keyvalue`` clients.
 
 Waits poll the provider (a health request, or a probe call) instead of sleeping, so a fast
-machine is not slowed down and a slow one is tolerated.
-
-:class:`ThreadLoop` runs a FakeHost on an event loop in a background thread, for synchronous
-tests (hypothesis ``@given`` tests cannot take pytest-asyncio's function-scoped fixtures).
+machine is not slowed down and a slow one is tolerated. Whether a link is in force is probed the
+way only the provider can tell: a call from the actor, answered with ``unlinked actor: '…'``
+while there is no link (spec §6 checks the link before it looks at the operation, so the
+default probe's operation needs to exist in no contract).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import threading
 import time
-import uuid
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
-from contract.claims import make_signed_invocation, unlinked_actor_error
-from contract.client import KeyValueClient
-from contract.codec import pack
-from contract.keyvalue import CONTRACT_ID
+from contract.claims import unlinked_actor_error
 from contract.nkeys import KeyPair
 from contract.wire import (
-    TEST_MODE_HOST_ID,
     HealthCheckResponse,
-    HostData,
     Invocation,
     InvocationResponse,
     LinkDefinition,
     Subjects,
-    WasmCloudEntity,
 )
-from tests.harness.natsserver import NatsServer
-from tests.harness.processes import ProviderProcess, wait_for
+from wasmbus_testkit.hostdata import (
+    HostKeys,
+    HostStyle,
+    build_host_data,
+    link_definition,
+    shutdown_request,
+)
+from wasmbus_testkit.invoker import Invoker
+from wasmbus_testkit.natsserver import NatsServer
+from wasmbus_testkit.process import ProviderProcess
+from wasmbus_testkit.waiting import wait_for
 
-__all__ = ["FakeHost", "HostKeys", "Launcher", "ThreadLoop"]
-
-T = TypeVar("T")
+__all__ = ["DEFAULT_LINK_PROBE", "FakeHost", "Launcher", "LinkProbe"]
 
 #: Starts a provider child from its stdin line (the ``provider_factory`` fixture's signature).
 Launcher = Callable[[bytes], ProviderProcess]
 
-#: What the OTP host sends as a health request body: msgpack ``{"placeholder": true}``.
-OTP_HEALTH_BODY = pack({"placeholder": True})
-#: What the test harness sends as a health request body.
-TEST_HEALTH_BODY = b"{}"
+#: ``(operation, msg)`` of the call that tells whether an actor is linked (see module docstring).
+LinkProbe = tuple[str, bytes]
+#: An operation no contract has: a linked actor gets "unknown operation", an unlinked one not.
+DEFAULT_LINK_PROBE: LinkProbe = ("TestKit.LinkProbe", b"")
 
-_PROBE_KEY = "__fakehost_probe__"
 _OWN = object()  # sentinel: "the host id this FakeHost launched the provider with"
-
-
-@dataclass
-class HostKeys:
-    """The identities of one fake lattice. Seeds are secrets: never log them."""
-
-    cluster: KeyPair = field(default_factory=lambda: KeyPair.generate("cluster"))
-    host: KeyPair = field(default_factory=lambda: KeyPair.generate("server"))
-    provider: KeyPair = field(default_factory=lambda: KeyPair.generate("service"))
-    actor: KeyPair = field(default_factory=lambda: KeyPair.generate("module"))
-    #: The test harness's random server key: issuer and invocation seed in test mode.
-    harness: KeyPair = field(default_factory=lambda: KeyPair.generate("server"))
 
 
 def _key(actor: KeyPair | str) -> str:
@@ -91,6 +72,9 @@ class FakeHost:
     """Launches one provider process and plays the host's side of the protocol.
 
     Build it, optionally adjust :attr:`host_data` (a mutable dataclass), then ``await start()``.
+    ``launch`` starts the process from its stdin line (the ``provider_factory`` fixture, or
+    ``lambda line: ProviderProcess(line, cmd).start()``). ``keys.actor`` is linked at start
+    unless ``link_actor_at_start=False``.
     """
 
     def __init__(
@@ -98,6 +82,7 @@ class FakeHost:
         server: NatsServer,
         launch: Launcher,
         *,
+        contract_id: str,
         test_mode: bool = False,
         padded: bool | None = None,
         keys: HostKeys | None = None,
@@ -109,43 +94,41 @@ class FakeHost:
         log_level: str | None = None,
         config_json: str | None = None,
         rpc_timeout: float = 2.0,
+        link_probe: LinkProbe = DEFAULT_LINK_PROBE,
     ) -> None:
         self.server = server
         self._launch = launch
+        self.contract_id = contract_id
         self.test_mode = test_mode
-        self.padded = (not test_mode) if padded is None else padded
+        self.style = HostStyle.TEST if test_mode else HostStyle.OTP
+        self.padded = self.style.padded if padded is None else padded
         self.keys = keys or HostKeys()
-        self.lattice = lattice or ("TEST" if test_mode else "default")
+        self.lattice = lattice or self.style.default_lattice
         self.link_name = link_name
         self.rpc_timeout = rpc_timeout
-        k = self.keys
+        self.link_probe = link_probe
         #: Signs invocations and is the only trusted issuer.
-        self.issuer: KeyPair = k.harness if test_mode else k.cluster
-        self.host_id = TEST_MODE_HOST_ID if test_mode else k.host.public_key
+        self.issuer: KeyPair = self.style.issuer(self.keys)
+        self.host_id = self.style.host_id(self.keys)
         #: Contract id put in invocation targets ("" in test mode, as the harness does).
-        self.target_contract_id = "" if test_mode else CONTRACT_ID
-        self.subjects = Subjects(self.lattice, k.provider.public_key, link_name)
+        self.target_contract_id = self.style.target_contract_id(contract_id)
+        self.subjects = Subjects(self.lattice, self.keys.provider.public_key, link_name)
         links = []
         if link_actor_at_start:
-            links.append(self.link_definition(k.actor, link_values or {}))
-        self.host_data = HostData(
-            host_id=self.host_id,
-            lattice_rpc_prefix=self.lattice,
+            links.append(self.link_definition(self.keys.actor, link_values or {}))
+        self.host_data = build_host_data(
+            self.keys,
+            server.host_port,  # no scheme, as both the OTP host and the harness send it
+            style=self.style,
+            lattice=self.lattice,
             link_name=link_name,
-            lattice_rpc_url=server.host_port,  # no scheme, as both the OTP host and harness
-            provider_key=k.provider.public_key,
-            invocation_seed=self.issuer.seed,
-            env_values={},
-            instance_id=str(uuid.uuid4()),  # the OTP host picks a UUIDv4 per process
-            link_definitions=links,
-            cluster_issuers=[self.issuer.public_key],
+            links=links,
             config_json=config_json,
             structured_logging=structured_logging,
             log_level=log_level,
         )
         self.process: ProviderProcess | None = None
         self._nc: NATS | None = None
-        self._kv: KeyValueClient | None = None
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -155,6 +138,7 @@ class FakeHost:
 
     @property
     def nc(self) -> NATS:
+        """The host's own NATS connection (open between :meth:`start` and :meth:`stop`)."""
         if self._nc is None:
             raise RuntimeError("FakeHost not started")
         return self._nc
@@ -203,6 +187,7 @@ class FakeHost:
             self.process.kill()
 
     async def wait_exit(self, timeout: float = 10.0) -> int:
+        """Wait for the provider to exit on its own (after a shutdown) and return its status."""
         assert self.process is not None
         return await self.process.wait_async(timeout)
 
@@ -210,34 +195,34 @@ class FakeHost:
         return self.process.stderr_text() if self.process is not None else ""
 
     # ------------------------------------------------------------------ invocations
-    @property
-    def kv(self) -> KeyValueClient:
-        """A client for the actor linked at start (``keys.actor``), signed by the issuer."""
-        if self._kv is None:
-            self._kv = self.client_for(self.keys.actor)
-        return self._kv
-
-    def client_for(
+    def invoker(
         self,
-        actor: KeyPair | str,
+        actor: KeyPair | str | None = None,
         *,
         signer: KeyPair | None = None,
         contract_id: str | None = None,
         host_id: str | None = None,
         timeout: float | None = None,
-    ) -> KeyValueClient:
-        """A KeyValueClient calling as ``actor``, signing with ``signer`` (default: issuer)."""
-        return KeyValueClient(
-            self.nc,
+    ) -> Invoker:
+        """An :class:`Invoker` calling as ``actor`` (default ``keys.actor``), signed by the
+        issuer unless ``signer`` is given."""
+        return Invoker(
+            self,  # requests go through self.nc, so an invoker made before start() works too
             lattice_prefix=self.lattice,
             provider_key=self.keys.provider.public_key,
             link_name=self.link_name,
-            signer=signer or self.issuer,
-            actor_key=_key(actor),
             contract_id=self.target_contract_id if contract_id is None else contract_id,
+            signer=signer or self.issuer,
+            actor_key=_key(actor or self.keys.actor),
             host_id=host_id,
             timeout=self.rpc_timeout if timeout is None else timeout,
         )
+
+    async def invoke(
+        self, operation: str, msg: bytes = b"", *, actor: KeyPair | str | None = None
+    ) -> InvocationResponse:
+        """Sign and send one call as ``actor`` (default ``keys.actor``); return the reply."""
+        return await self.invoker(actor).invoke(operation, msg)
 
     def invocation(
         self,
@@ -249,14 +234,25 @@ class FakeHost:
         target_key: str | None = None,
         host_id: str | None = None,
     ) -> Invocation:
-        """A validly signed host-layout Invocation (tests tamper with it before sending)."""
-        origin = WasmCloudEntity(_key(actor or self.keys.actor), "", "")
-        target = WasmCloudEntity(
-            target_key or self.keys.provider.public_key, self.link_name, self.target_contract_id
+        """A validly signed host-layout Invocation (tests tamper with it before sending).
+
+        ``target_key`` replaces the provider key in the target (a misaddressed call).
+        """
+        invoker = Invoker(
+            self,
+            lattice_prefix=self.lattice,
+            provider_key=target_key or self.keys.provider.public_key,
+            link_name=self.link_name,
+            contract_id=self.target_contract_id,
+            signer=signer or self.issuer,
+            actor_key=_key(actor or self.keys.actor),
+            host_id=host_id,
         )
-        return make_signed_invocation(
-            signer or self.issuer, origin, target, operation, msg, host_id=host_id
-        )
+        return invoker.build(operation, msg)
+
+    async def request(self, subject: str, payload: bytes = b"", timeout: float = 2.0) -> Any:
+        """nats-py's ``request`` on the host's connection."""
+        return await self.nc.request(subject, payload, timeout=timeout)
 
     async def raw_request(self, data: bytes, timeout: float | None = None) -> bytes:
         """Send arbitrary bytes on the RPC subject and return the raw reply body."""
@@ -270,22 +266,20 @@ class FakeHost:
         return InvocationResponse.decode(await self.raw_request(data, timeout))
 
     async def send(self, inv: Invocation, timeout: float | None = None) -> InvocationResponse:
+        """Send an Invocation (e.g. one from :meth:`invocation`) and decode the reply."""
         return await self.raw_invoke(inv.encode(), timeout)
 
     # ------------------------------------------------------------------ links
     def link_definition(
         self, actor: KeyPair | str, values: dict[str, str] | None = None
     ) -> LinkDefinition:
-        return LinkDefinition(
-            actor_id=_key(actor),
-            provider_id=self.keys.provider.public_key,
+        return link_definition(
+            self.keys.provider.public_key,
+            _key(actor),
+            contract_id=self.contract_id,
             link_name=self.link_name,
-            contract_id=CONTRACT_ID,
-            values=dict(values or {}),
+            values=values,
         )
-
-    def _encode_link(self, link: LinkDefinition) -> bytes:
-        return link.encode_json() if self.test_mode else link.encode_msgpack()
 
     async def link(
         self,
@@ -296,10 +290,8 @@ class FakeHost:
         timeout: float = 5.0,
     ) -> None:
         """Publish ``linkdefs.put`` (no reply, as the host does); wait until calls pass."""
-        await self.nc.publish(
-            self.subjects.link_put, self._encode_link(self.link_definition(actor, values))
-        )
-        await self.nc.flush()
+        link = self.link_definition(actor, values)
+        await self.publish(self.subjects.link_put, self.style.encode_link(link))
         if wait:
             await wait_for(
                 lambda: self._probe_linked(actor, expect=True), timeout, message="link in force"
@@ -309,19 +301,17 @@ class FakeHost:
         self, actor: KeyPair | str, *, wait: bool = True, timeout: float = 5.0
     ) -> None:
         """Publish ``linkdefs.del``; wait until calls from ``actor`` are refused as unlinked."""
-        await self.nc.publish(
-            self.subjects.link_del, self._encode_link(self.link_definition(actor))
-        )
-        await self.nc.flush()
+        link = self.link_definition(actor)
+        await self.publish(self.subjects.link_del, self.style.encode_link(link))
         if wait:
             await wait_for(
                 lambda: self._probe_linked(actor, expect=False), timeout, message="link removed"
             )
 
     async def is_linked(self, actor: KeyPair | str) -> bool:
-        """Whether a read-only probe call from ``actor`` gets past the link check."""
-        inv = self.invocation("KeyValue.Contains", pack(_PROBE_KEY), actor=actor)
-        response = await self.send(inv)
+        """Whether the probe call from ``actor`` gets past the provider's link check."""
+        operation, msg = self.link_probe
+        response = await self.send(self.invocation(operation, msg, actor=actor))
         return response.error != unlinked_actor_error(_key(actor))
 
     async def _probe_linked(self, actor: KeyPair | str, *, expect: bool) -> bool:
@@ -334,18 +324,15 @@ class FakeHost:
 
     # ------------------------------------------------------------------ health & shutdown
     async def health_raw(self, body: bytes | None = None, timeout: float = 2.0) -> bytes:
-        """The raw health reply; the request body is the host flavour's unless given."""
+        """The raw health reply; the request body is the host style's unless given."""
         if body is None:
-            body = TEST_HEALTH_BODY if self.test_mode else OTP_HEALTH_BODY
+            body = self.style.health_body
         reply = await self.nc.request(self.subjects.health, body, timeout=timeout)
         return reply.data
 
     async def health(self, timeout: float = 2.0) -> HealthCheckResponse:
         """The decoded health reply (msgpack, or JSON in test mode)."""
-        data = await self.health_raw(timeout=timeout)
-        if self.test_mode:
-            return HealthCheckResponse.decode_json(data)
-        return HealthCheckResponse.decode_msgpack(data)
+        return self.style.decode_health(await self.health_raw(timeout=timeout))
 
     async def shutdown(
         self,
@@ -359,44 +346,16 @@ class FakeHost:
 
         The body is JSON ``{"host_id": …}`` (own host id by default; ``host_id=None`` sends the
         empty body of hosts < 0.59), unless ``body`` gives the exact bytes. ``with_reply=False``
-        publishes without a reply subject, which a provider must ignore. With a reply subject,
+        publishes without a reply subject (the provider must ignore it). With a reply subject,
         a request nobody answers raises ``nats.errors.TimeoutError``.
         """
         if body is None:
-            if host_id is None:
-                body = b""
-            else:
-                own = self.host_id if host_id is _OWN else host_id
-                body = json.dumps({"host_id": own}).encode()
+            body = shutdown_request(self.host_id if host_id is _OWN else host_id)
         if not with_reply:
             await self.publish(self.subjects.shutdown, body)
             return None
         reply = await self.nc.request(self.subjects.shutdown, body, timeout=timeout)
         return reply.data
 
-
-class ThreadLoop:
-    """An asyncio loop in a daemon thread, driven from synchronous code with :meth:`run`."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="ThreadLoop")
-        self._thread.daemon = True
-
-    def __enter__(self) -> ThreadLoop:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
-        """Run ``coro`` on the loop and block until its result (or exception)."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        if self.loop.is_closed():
-            return
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-        self.loop.close()
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.subjects.rpc} {self.style.value}>"

@@ -1,4 +1,4 @@
-"""A NATS-aware TCP fault proxy for network-failure tests.
+"""A NATS-aware TCP fault proxy: network failures on demand, between a client and nats-server.
 
 Put it between a NATS client and nats-server, then switch fault modes while traffic flows:
 
@@ -55,6 +55,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
+__all__ = ["DELIVERY_OPS", "PAYLOAD_OPS", "FaultProxy", "Frame", "FrameSplitter", "Mode"]
+
 PAYLOAD_OPS = frozenset({b"MSG", b"HMSG", b"PUB", b"HPUB"})
 DELIVERY_OPS = frozenset({b"MSG", b"HMSG"})
 # A control line longer than this without a newline is not NATS; pass the bytes on unparsed.
@@ -63,6 +65,8 @@ READ_SIZE = 64 * 1024
 
 
 class Mode(Enum):
+    """The proxy's current fault (``latency`` is separate: it combines with any mode)."""
+
     PASS = "pass"
     CUT = "cut"
     BLACKHOLE = "blackhole"

