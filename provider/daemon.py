@@ -2,7 +2,7 @@
 
 Deliberately thin. It connects, wires subjects to the handlers, and runs until a shutdown
 request addressed to its host arrives. Everything with logic in it lives elsewhere:
-:mod:`provider.invocations` (the RPC path), :mod:`provider.store` (the data),
+:mod:`provider.rpc.invocations` (the RPC path), :mod:`provider.store` (the data),
 :mod:`provider.replication` (keeping peers in step).
 """
 
@@ -32,14 +32,12 @@ from contract.wire import (
     parse_shutdown_host_id,
 )
 from provider import memory
-from provider.chunking import ChunkStore
-from provider.introspection import instance_status, start_service
-from provider.invocations import InvocationHandler
-from provider.links import LinkRegistry
 from provider.logs import redact_url
-from provider.metrics import Metrics
 from provider.natsconn import connect_options
-from provider.prometheus import start_from_environment as start_metrics_endpoint
+from provider.observe.introspection import instance_status, start_service
+from provider.observe.metrics import Metrics
+from provider.observe.prometheus import start_from_environment as start_metrics_endpoint
+from provider.observe.status import InstanceStatus
 from provider.replication import Disabled, Replicator, Standalone
 from provider.replication.config import (
     REPLICATION_KEYS,
@@ -49,11 +47,13 @@ from provider.replication.config import (
 )
 from provider.replication.factory import build_replicator
 from provider.replication.signing import Trust, TrustError
-from provider.status import InstanceStatus
+from provider.rpc.chunking import ChunkStore
+from provider.rpc.invocations import InvocationHandler
+from provider.rpc.links import LinkRegistry
+from provider.rpc.verifier import SignatureVerifier
 from provider.store import BUCKETS, Change, KeyValueStore
 from provider.store.codec import new_node_id
 from provider.supervisor import Supervisor
-from provider.verifier import SignatureVerifier
 
 log = structlog.get_logger("provider.daemon")
 

@@ -55,7 +55,7 @@ from provider.cli.common import (
     program,
     warn,
 )
-from provider.introspection import status_subject
+from provider.observe.introspection import status_subject
 
 SEED_ENV = "NATS_KVCACHE_SEED"
 DEFAULT_TIMEOUT = 2.0

@@ -50,8 +50,8 @@ from contract.wire import SHUTDOWN_ACK, HostData, LinkDefinition, Subjects
 from provider.cli.common import quiet_error_cb
 from provider.cli.health import collect_health
 from provider.cli.state import DevState
-from provider.introspection import status_subject
-from provider.prometheus import ENV_VAR as METRICS_ENV
+from provider.observe.introspection import status_subject
+from provider.observe.prometheus import ENV_VAR as METRICS_ENV
 
 LATTICE = "default"
 LINK_NAME = "default"

@@ -60,7 +60,7 @@ EXECUTABLE_NAME = "nats-kvcache-provider"
 #: Modules PyInstaller must bundle although static analysis might miss them: the event loop is
 #: imported only if present, structlog/nats pick some modules at run time, PyNaCl is a cffi
 #: extension, replication backends are imported when configured, and the signature worker is
-#: started by module name (``-m provider.verify_worker``). Collecting whole packages costs a
+#: started by module name (``-m provider.rpc.verify_worker``). Collecting whole packages costs a
 #: few hundred kB; a missing module is a dead provider.
 COLLECT_SUBMODULES = (
     "provider",
@@ -74,7 +74,7 @@ COLLECT_SUBMODULES = (
 )
 HIDDEN_IMPORTS = (
     "provider.daemon",
-    "provider.verify_worker",
+    "provider.rpc.verify_worker",
     "uvloop",
     "nacl._sodium",
     "msgpack._cmsgpack",

@@ -25,8 +25,8 @@ from provider.cli.common import (
     connect,
     error,
 )
-from provider.introspection import STATS_SUBJECT
-from provider.status import InstanceStatus
+from provider.observe.introspection import STATS_SUBJECT
+from provider.observe.status import InstanceStatus
 
 EXIT_NONE = EXIT_FAILED
 

@@ -22,7 +22,7 @@ from nats.js.errors import NotFoundError
 from contract.keyvalue import OPERATIONS, SetRequest
 from contract.nkeys import KeyPair
 from contract.wire import Invocation
-from provider.chunking import MAX_CHUNKED_BYTES, encoded_meta_subject, raw_meta_subject
+from provider.rpc.chunking import MAX_CHUNKED_BYTES, encoded_meta_subject, raw_meta_subject
 from wasmbus_testkit import KeyValueHost as FakeHost
 
 BIG = 1_000_000  # over both the OTP host's and the SDK's chunking thresholds

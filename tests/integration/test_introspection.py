@@ -27,8 +27,8 @@ from nats.errors import TimeoutError as NatsTimeoutError
 from prometheus_client.parser import text_string_to_metric_families
 
 from contract.client import KeyValueError
-from provider.introspection import SERVICE_NAME, status_subject
-from provider.prometheus import ENV_VAR
+from provider.observe.introspection import SERVICE_NAME, status_subject
+from provider.observe.prometheus import ENV_VAR
 from tests.harness.replicas import Replica, ReplicaSet, gather_limited, wait_converged
 from tests.harness.repo import REPO_ROOT
 from wasmbus_testkit import KeyValueHost as FakeHost

@@ -289,12 +289,12 @@ async def test_packed_executable_serves_a_linked_actor_without_the_venv(
         assert not [p for p in mapped if str(REPO_ROOT) in p or "site-packages" in p], mapped
         assert any(re.search(r"/_MEI[^/]+/libpython3\.\d+\.so", p) for p in mapped), mapped
         assert str(tmp_path) in next(p for p in mapped if "libpython" in p)
-        # The signature worker, started as `sys.executable -m provider.verify_worker`, runs as
+        # The signature worker, started as `sys.executable -m provider.rpc.verify_worker`, runs as
         # a worker (not as a second provider) from the same unpacked copy.
         workers = [
             pid
             for pid in _descendants(host.process.pid)
-            if "provider.verify_worker" in _cmdline(pid) and _alive(pid)
+            if "provider.rpc.verify_worker" in _cmdline(pid) and _alive(pid)
         ]
         assert len(workers) == 1, [_cmdline(p) for p in _descendants(host.process.pid)]
         assert len(_unpacked_copies(tmp_path)) == 1

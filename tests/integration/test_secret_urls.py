@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from provider.introspection import SERVICE_NAME
+from provider.observe.introspection import SERVICE_NAME
 from wasmbus_testkit import HOST, NatsServer, ProviderProcess, free_port, wait_for
 from wasmbus_testkit import KeyValueHost as FakeHost
 

@@ -18,7 +18,7 @@ import pytest
 from contract.nkeys import KeyPair
 from contract.wire import HostData, LinkDefinition
 from provider import memory
-from provider.introspection import instance_status
+from provider.observe.introspection import instance_status
 from provider.store import KeyValueStore, Kind, OutOfMemoryError, StoreError
 
 OOM = "OOM command not allowed when used memory > 'maxmemory'."

@@ -19,14 +19,14 @@ from contract.claims import make_signed_invocation
 from contract.keyvalue import OPERATIONS, SetRequest
 from contract.nkeys import KeyKind, KeyPair
 from contract.wire import HostData, InvocationResponse, LinkDefinition, WasmCloudEntity
-from provider import verifier as verifier_module
-from provider.invocations import MAX_BATCH, InvocationHandler
-from provider.kvservice import MAX_KEY_BYTES, execute
-from provider.links import LinkRegistry
-from provider.metrics import SAMPLES_PER_OPERATION, Metrics
+from provider.observe.metrics import SAMPLES_PER_OPERATION, Metrics
+from provider.rpc import verifier as verifier_module
+from provider.rpc.invocations import MAX_BATCH, InvocationHandler
+from provider.rpc.kvservice import MAX_KEY_BYTES, execute
+from provider.rpc.links import LinkRegistry
+from provider.rpc.verifier import SignatureVerifier
 from provider.store import KeyValueStore, TooLargeError
 from provider.store.codec import new_node_id
-from provider.verifier import SignatureVerifier
 
 CONTRACT = "wasmcloud:keyvalue"
 

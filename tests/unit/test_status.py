@@ -1,4 +1,4 @@
-"""provider.status: one typed status document for the endpoint, the metrics and the CLI."""
+"""provider.observe.status: one typed status document for the endpoint, the metrics and the CLI."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from provider.cli.status import render_table
-from provider.prometheus import StatusCollector
-from provider.status import (
+from provider.observe.prometheus import StatusCollector
+from provider.observe.status import (
     InstanceStatus,
     MemoryStatus,
     OperationStats,

@@ -13,7 +13,7 @@ import msgpack
 import pytest
 
 from contract.keyvalue import OPERATIONS, ListRangeRequest
-from provider import kvservice
+from provider.rpc import kvservice
 from provider.store import (
     MAX_RESULT_ITEMS,
     MAX_SET_NAMES,

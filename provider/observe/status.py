@@ -1,8 +1,8 @@
 """The status document as typed values, shared by the endpoint, the metrics and the CLI.
 
-An instance describes itself once (:func:`provider.introspection.instance_status`); the micro
-service sends that description as JSON, :mod:`provider.prometheus` exports its numbers and
-``nats-kvcache status`` / ``dev`` print it. Reading it through these dataclasses instead of
+An instance describes itself once (:func:`provider.observe.introspection.instance_status`);
+the micro service sends that description as JSON, :mod:`provider.observe.prometheus` exports its
+numbers and ``nats-kvcache status`` / ``dev`` print it. Reading it through these dataclasses instead of
 string keys means a renamed field breaks the type checker, not a dashboard at run time.
 
 The JSON shape is the contract with the outside (``nats micro stats``, scripts using

@@ -4,7 +4,7 @@ Each instance registers a NATS micro service named ``nats-kvcache`` (nats-py's `
 so ``nats micro ls`` / ``nats micro stats nats-kvcache`` list every instance in a lattice, and
 ``$SRV.STATS.nats-kvcache`` returns the full status of each in its endpoint's ``data``. The
 ``status`` endpoint answers the same document directly. ``nats-kvcache status`` and the dev
-lattice's table read it; :mod:`provider.prometheus` exports the same numbers.
+lattice's table read it; :mod:`provider.observe.prometheus` exports the same numbers.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from nats.micro import add_service
 from nats.micro.request import Request
 
 from provider import __version__
-from provider.replication.config import subject_token
-from provider.status import (
+from provider.observe.status import (
     InstanceStatus,
     MemoryStatus,
     OperationStats,
     ReplicationStatus,
     VerifierStatus,
 )
+from provider.replication.config import subject_token
 
 SERVICE_NAME = "nats-kvcache"
 VERSION = __version__

@@ -3,7 +3,7 @@
 Checking an invocation's signature is the most expensive step of an RPC (~45 µs of ~70 µs of
 our own work per call), and Python runs one thread of Python at a time. So under load the
 signatures of the calls that arrived together are sent, as one batch, to a small worker process
-(:mod:`provider.verify_worker`) while the event loop goes on decoding the next calls and
+(:mod:`provider.rpc.verify_worker`) while the event loop goes on decoding the next calls and
 answering the previous ones. When calls trickle in one at a time, shipping them would only add
 latency, so they are verified inline.
 
@@ -24,7 +24,7 @@ import structlog
 
 from contract.claims import signature_valid
 
-log = structlog.get_logger("provider.verifier")
+log = structlog.get_logger("provider.rpc.verifier")
 
 Job = tuple[bytes, bytes, bytes]  # issuer key, signing input, signature
 Done = Callable[[list[bool]], None]
@@ -41,7 +41,7 @@ _LENGTH = struct.Struct("<I")
 def worker_command() -> list[str]:
     """How to start the worker. A frozen build (the provider archive) dispatches ``-m`` itself:
     see :mod:`provider.cli.par_entry`."""
-    return [sys.executable, "-m", "provider.verify_worker"]
+    return [sys.executable, "-m", "provider.rpc.verify_worker"]
 
 
 class SignatureVerifier:

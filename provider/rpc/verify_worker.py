@@ -1,4 +1,4 @@
-"""The signature-verification worker process (see :mod:`provider.verifier`).
+"""The signature-verification worker process (see :mod:`provider.rpc.verifier`).
 
 Reads length-prefixed msgpack batches of ``[issuer_key, signing_input, signature]`` on stdin and
 answers each with one byte per item (1 = valid) on stdout, in order. It holds no secrets and no

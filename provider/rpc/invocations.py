@@ -13,7 +13,7 @@ run on the fetched body as usual.
 This is the product's hot path (``bench/rpc.py``). Calls arriving together are handled as a
 pipeline: :meth:`InvocationHandler.receive` decodes and pre-checks each call at once, their
 signatures are verified as one batch (on the second core under load, see
-:mod:`provider.verifier`), and :meth:`InvocationHandler._complete` finishes the checks, runs the
+:mod:`provider.rpc.verifier`), and :meth:`InvocationHandler._complete` finishes the checks, runs the
 operations and queues the replies. Claims are verified on every call. Calls that must wait for
 I/O (a chunked body, a durable write, a chunked reply) continue in their own task, so they never
 hold up the others.
@@ -45,20 +45,20 @@ from contract.keyvalue import (
     resolve_operation,
 )
 from contract.wire import HostData, Invocation, InvocationResponse
-from provider.chunking import (
+from provider.observe.metrics import Metrics
+from provider.replication.base import ReplicationError
+from provider.rpc.chunking import (
     MAX_CHUNKED_BYTES,
     RESPONSE_CHUNK_THRESHOLD,
     ChunkError,
     ChunkStore,
 )
-from provider.kvservice import execute
-from provider.links import LinkRegistry
-from provider.metrics import Metrics
-from provider.replication.base import ReplicationError
+from provider.rpc.kvservice import execute
+from provider.rpc.links import LinkRegistry
+from provider.rpc.verifier import SignatureVerifier
 from provider.store import Change, KeyValueStore, StoreError
-from provider.verifier import SignatureVerifier
 
-log = structlog.get_logger("provider.invocations")
+log = structlog.get_logger("provider.rpc.invocations")
 
 #: Refusals whose text goes back to the actor as-is.
 _REFUSALS = (
@@ -83,7 +83,7 @@ class _Refused(Exception):
 
 def decode_argument(operation: Operation, msg: bytes) -> object:
     """``operation.decode_input``, also for a chunked argument over the 1 MiB message limit
-    (up to :data:`~provider.chunking.MAX_CHUNKED_BYTES`)."""
+    (up to :data:`~provider.rpc.chunking.MAX_CHUNKED_BYTES`)."""
     if len(msg) <= MAX_MESSAGE_BYTES:
         return operation.decode_input(msg)
     return operation.decode_input(msg, max_bytes=MAX_CHUNKED_BYTES)

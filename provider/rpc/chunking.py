@@ -12,7 +12,7 @@ request body is looked up under both, and a large reply's metadata is written un
 pointing at the same chunks.
 
 Downloads cost memory, and anyone who can publish on the lattice can ask for one. So the caller
-(:mod:`provider.invocations`) checks an invocation's claims before it asks for the body, and
+(:mod:`provider.rpc.invocations`) checks an invocation's claims before it asks for the body, and
 :meth:`ChunkStore.request_body` bounds how many bodies are downloaded at once
 (:data:`MAX_CONCURRENT_DOWNLOADS`) and how many bytes they may add up to
 (:data:`MAX_IN_FLIGHT_BYTES`). Every wait on the server has a deadline.
@@ -31,7 +31,7 @@ import structlog
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
 
-log = structlog.get_logger("provider.chunking")
+log = structlog.get_logger("provider.rpc.chunking")
 
 #: wasmbus-rpc >= 0.11 chunks replies strictly larger than 900 KiB.
 RESPONSE_CHUNK_THRESHOLD = 900 * 1024

@@ -1,7 +1,7 @@
 """Optional Prometheus text endpoint, off unless ``NATS_KVCACHE_METRICS_ADDR`` is set.
 
 ``NATS_KVCACHE_METRICS_ADDR=127.0.0.1:9464`` serves ``/metrics`` with the same numbers as the
-status document (:mod:`provider.introspection`): operation counts, errors and latency
+status document (:mod:`provider.observe.introspection`): operation counts, errors and latency
 quantiles, entries, memory (estimated use, ``MAX_MEMORY``, OOM refusals), health, replication
 counters, lag and peers. An environment variable, not a link value, because the host, not an
 actor, owns the process. prometheus_client serves it from its own thread; the collector only
@@ -19,9 +19,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import CollectorRegistry
 
-from provider.status import InstanceStatus, OperationStats
+from provider.observe.status import InstanceStatus, OperationStats
 
-log = structlog.get_logger("provider.prometheus")
+log = structlog.get_logger("provider.observe.prometheus")
 
 ENV_VAR = "NATS_KVCACHE_METRICS_ADDR"
 
