@@ -34,9 +34,11 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); p
 # The project itself: no dependency resolution (all installed above) and no isolated build
 # environment (the pinned build backend is installed above), so nothing is downloaded here.
 # `pip check` fails the build if the pins no longer cover what pyproject.toml requires.
+# Every package pyproject.toml installs: the CLI's `dev` runs its lattice with the test kit.
 COPY README.md ./
 COPY contract/ contract/
 COPY provider/ provider/
+COPY wasmbus_testkit/ wasmbus_testkit/
 RUN pip install --no-cache-dir --no-deps --no-build-isolation . \
     && pip check \
     && rm -rf /tmp/src

@@ -14,7 +14,7 @@ import weakref
 from pathlib import Path
 from typing import Protocol
 
-__all__ = ["Killable", "kill_all_children", "process_group_options", "register_child", "tail"]
+__all__ = ["Killable", "kill_all_children", "register_child", "tail"]
 
 
 class Killable(Protocol):
@@ -42,16 +42,6 @@ def kill_all_children() -> None:
 
 # Also outside pytest (the kit used from a script): no nats-server outlives the interpreter.
 atexit.register(kill_all_children)
-
-
-def process_group_options(new_process_group: bool) -> dict[str, int]:
-    """``subprocess.Popen`` keywords that start a child in a process group of its own, or none.
-
-    A child in the terminal's process group gets the terminal's Ctrl-C too; in its own group it
-    gets only what its parent sends, so a parent such as ``nats-kvcache dev`` can stop its
-    providers with a shutdown request first and its servers after, instead of all at once.
-    """
-    return {"process_group": 0} if new_process_group else {}
 
 
 def tail(path: Path, max_bytes: int = 8000, *, lines: int | None = None) -> str:

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from wasmbus_testkit.children import process_group_options, register_child, tail
+from wasmbus_testkit.children import register_child, tail
 from wasmbus_testkit.ports import LOOPBACK, free_port, port_open
 from wasmbus_testkit.tools import find_nats_server
 from wasmbus_testkit.waiting import wait_for_sync
@@ -201,7 +201,7 @@ class NatsServer:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                **process_group_options(self.new_process_group),
+                process_group=0 if self.new_process_group else None,
             )
         if self.reap_at_exit:
             register_child(self)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
-from wasmbus_testkit.children import process_group_options, register_child
+from wasmbus_testkit.children import register_child
 from wasmbus_testkit.waiting import wait_for
 
 __all__ = ["ProviderProcess"]
@@ -96,7 +96,7 @@ class ProviderProcess:
                 stderr=err,
                 env=env,
                 cwd=self.cwd,
-                **process_group_options(self.new_process_group),
+                process_group=0 if self.new_process_group else None,
             )
         if self.reap_at_exit:
             register_child(self)

@@ -45,8 +45,8 @@ from provider.cli.lattice import (
     Instance,
     Interrupted,
     LatticeError,
+    log_tail,
     metrics_url,
-    tail,
 )
 from provider.cli.status import collect_statuses
 
@@ -303,8 +303,9 @@ def instance_line(instance: Instance, doc: dict[str, Any] | None, fallback: str)
     state = instance.state
     if state != "running":
         why = instance.down or ""
-        if state == "down" and not why and proc is not None and proc.poll() is not None:
-            why = f"exited({proc.returncode})"
+        code = proc.returncode if proc is not None else None
+        if state == "down" and not why and code is not None:
+            why = f"exited({code})"
         return f"{head} {state.upper()}{f' ({why})' if why else ''}"
     parts = [head]
     if doc is None:
@@ -334,7 +335,7 @@ def render_status(
     """``(header, lines)``: one header and one line per instance, then any health messages."""
     live = len(lattice.live_instances())
     label = _health_label(report, live)
-    nats_pid = lattice.nats_proc.pid if lattice.nats_proc else "-"
+    nats_pid = lattice.hub.pid or "-"
     by_id = {str(d.get("instance")): d for d in docs or []}
     down = sum(1 for i in lattice.instances if i.state == "down")
     healthy = min(report.healthy, live)  # one may have died while the probe was out
@@ -391,8 +392,6 @@ class Session:
     # ------------------------------------------------------------------ control socket
     async def open_control(self) -> None:
         sock = self.lattice.control_path
-        if sock is None:
-            return
         self._server = await asyncio.start_unix_server(self._serve, path=str(sock))
         os.chmod(sock, 0o600)  # and its directory is 0700: only this user may connect
 
@@ -512,8 +511,8 @@ class Session:
     def _went_down(self, instance: Instance) -> None:
         what = self.lattice.describe_exit(instance)
         instance.down = self.lattice.down_reason(instance)
-        log = instance.log_path if instance.proc and instance.proc.poll() is not None else None
-        log = log or instance.leaf_log
+        provider_exited = instance.proc is not None and instance.proc.returncode is not None
+        log = instance.log_path if provider_exited else instance.leaf_log
         others = len([i for i in self.lattice.instances if i.state == "running"])
         if self.policy == "on-failure" and not instance.held and instance.restarts < MAX_RESTARTS:
             self.complain(
@@ -533,7 +532,7 @@ class Session:
                 f" `{program()} instance restart {instance.index}{self.state_flag}`;"
                 f" tail of {log}:"
             )
-            print(tail(log) if log else "(no log)", file=sys.stderr, flush=True)
+            print(log_tail(log), file=sys.stderr, flush=True)
         self.save()
 
     async def _auto_restart(self, instance: Instance) -> None:

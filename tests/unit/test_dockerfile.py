@@ -196,3 +196,17 @@ def test_env_entrypoint_is_installed_and_not_ignored() -> None:
     ), copies
     allowed = (REPO_ROOT / ".dockerignore").read_text().splitlines()
     assert "!docker/provider-from-env.sh" in allowed
+
+
+def test_every_package_pyproject_installs_is_copied_into_the_image() -> None:
+    """`pip install .` installs what it finds: a package left out of the build context is
+    silently missing from the image, and the CLI (which imports the test kit for `dev`) then
+    fails at import time, health check included."""
+    packages = [
+        p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    ]
+    copies = [args for keyword, args in _instructions() if keyword == "COPY"]
+    allowed = (REPO_ROOT / ".dockerignore").read_text().splitlines()
+    for package in packages:
+        assert f"{package}/ {package}/" in copies, f"Dockerfile does not COPY {package}/"
+        assert f"!{package}/" in allowed, f".dockerignore leaves {package}/ out of the context"

@@ -23,13 +23,16 @@ from wasmbus_testkit import (
     HostStyle,
     Invoker,
     KeyValueHost,
+    NatsLeafnodes,
     NatsServer,
     ProviderProcess,
     build_host_data,
     free_port,
     link_definition,
+    shutdown_request,
     wait_for,
 )
+from wasmbus_testkit.children import tail
 from wasmbus_testkit.faultproxy import FrameSplitter
 
 EXAMPLE = REPO_ROOT / "examples" / "toy_provider" / "test_toy_provider.py"
@@ -109,6 +112,70 @@ def test_padded_line_is_standard_base64_and_unpadded_line_is_not_padded() -> Non
     padded, unpadded = hd.to_stdin_line(padded=True), hd.to_stdin_line(padded=False)
     assert base64.b64decode(padded.strip(), validate=True) == hd.to_json()
     assert not unpadded.rstrip().endswith(b"=")
+
+
+def test_shutdown_request_names_the_host_or_is_empty_for_old_hosts() -> None:
+    assert json.loads(shutdown_request("NHOST")) == {"host_id": "NHOST"}
+    assert shutdown_request(None) == b""
+
+
+# -- servers and processes, as configured (nothing is started here) --------------------------
+
+
+def test_server_config_puts_one_setting_blocks_on_one_line(tmp_path: Path) -> None:
+    hub = NatsServer(tmp_path / "hub", leaf_port=7422, store_dir=tmp_path / "js")
+    text = hub.config_text()
+    assert 'leafnodes { listen: "127.0.0.1:7422" }' in text
+    assert f'jetstream {{ store_dir: "{tmp_path / "js"}" }}' in text
+    assert hub.write_config().read_text() == text
+    leaf = NatsServer(tmp_path / "leaf", jetstream=False, leaf_remotes=["nats-leaf://h:1"])
+    assert 'leafnodes { remotes: [{url: "nats-leaf://h:1"}] }' in leaf.config_text()
+    both = NatsServer(tmp_path / "b", leaf_port=7423, leaf_remotes=["nats-leaf://h:1"])
+    assert "leafnodes {\n  listen: " in both.config_text()  # two settings: one per line
+
+
+def test_server_log_and_store_can_live_outside_its_workdir(tmp_path: Path) -> None:
+    server = NatsServer(tmp_path / "private", log_path=tmp_path / "logs" / "hub.log")
+    assert server.log_path == tmp_path / "logs" / "hub.log"
+    assert server.store_dir == tmp_path / "private" / "store"
+    assert server.config_path.parent == tmp_path / "private"
+    assert server.returncode is None and server.pid is None  # not started
+
+
+def test_leaf_topology_grows_one_leaf_at_a_time_with_its_own_options(tmp_path: Path) -> None:
+    hub_port = free_port()
+    topology = NatsLeafnodes(
+        tmp_path, leaves=0, name="dev", hub_options={"port": hub_port}, new_process_group=True
+    )
+    assert topology.leaves == [] and topology.hub.port == hub_port
+    assert topology.hub.server_name == "dev-hub" and topology.hub.new_process_group
+    first = topology.add_leaf()
+    second = topology.add_leaf(server_name="dev-leaf-x", log_path=tmp_path / "leaf-x.log")
+    assert topology.leaves == [first, second]
+    assert (first.server_name, second.server_name) == ("dev-leaf0", "dev-leaf-x")
+    assert second.log_path == tmp_path / "leaf-x.log" and second.new_process_group
+    assert first.port != hub_port  # hub_options are the hub's alone
+    for leaf in (first, second):
+        assert leaf.leaf_remotes == [topology.hub.leaf_url] and not leaf.jetstream
+        assert leaf.mappings == {"$JS.API.>": "$JS.hub.API.>"}
+    with pytest.raises(ValueError):
+        NatsLeafnodes(tmp_path, leaves=-1)
+
+
+def test_one_log_holds_both_streams_of_a_provider(tmp_path: Path) -> None:
+    proc = ProviderProcess(b"x", ["true"], log_path=tmp_path / "provider-0.log")
+    assert proc.stdout_path == proc.stderr_path == tmp_path / "provider-0.log"
+    assert proc.log_dir == tmp_path
+    apart = ProviderProcess(b"x", ["true"], log_dir=tmp_path, name="p")
+    assert (apart.stdout_path.name, apart.stderr_path.name) == ("p.stdout.log", "p.stderr.log")
+
+
+def test_tail_reads_only_the_end_and_can_keep_the_last_lines(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    log.write_text("".join(f"line {i}\n" for i in range(1000)))
+    assert tail(log, 20).endswith("line 999\n") and len(tail(log, 20)) == 20
+    assert tail(log, lines=2) == "line 998\nline 999"
+    assert tail(tmp_path / "missing") == ""
 
 
 # -- invocations ------------------------------------------------------------------------------
