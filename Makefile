@@ -29,6 +29,8 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/hadolint Dockerfile
+# Type checking, configured in pyproject.toml's [tool.mypy]: enabled once the second pass lands.
+#	$(BIN)/mypy
 
 # The par extra too: tests/integration/test_par.py builds and runs a real provider archive.
 test: install $(VENV)/.installed-par lint

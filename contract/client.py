@@ -4,7 +4,8 @@ Tests, the CLI and the benchmarks need to drive a running provider without a was
 This client builds the same signed, host-layout Invocations the OTP host sends and publishes them
 on the provider's RPC subject with an ordinary NATS request, so whatever works through it works
 for a real host too. It is the only module of ``contract`` that performs I/O, and only through
-the connection object it is given (any object with nats-py's ``request`` coroutine).
+the connection object it is given (any object with nats-py's ``request`` coroutine, and its
+``jetstream()`` for a body over the chunking threshold).
 
 Large bodies travel through the lattice's JetStream object store, as the host does it
 (protocol spec §11): an argument over :data:`REQUEST_CHUNK_THRESHOLD` is stored under the
@@ -19,7 +20,7 @@ import contextlib
 import dataclasses
 import uuid
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 from contract._fields import FieldError
 from contract.claims import invocation_hash, sign_claims
@@ -57,12 +58,38 @@ class KeyValueError(Exception):
     """The provider answered with ``InvocationResponse.error``; ``str(err)`` is that text."""
 
 
+# The parts of nats-py the client uses, as protocols: a nats-py ``Client`` is one, and so is a
+# test double with only ``request`` while no body is chunked.
+
+
 class _Msg(Protocol):
-    data: bytes
+    @property
+    def data(self) -> bytes: ...
+
+
+class _ObjectResult(Protocol):
+    @property
+    def data(self) -> bytes | None: ...
+
+
+class _ObjectStore(Protocol):
+    async def put(self, name: str, data: bytes) -> object: ...
+
+    async def get(self, name: str) -> _ObjectResult: ...
+
+    async def delete(self, name: str) -> object: ...
+
+
+class _JetStream(Protocol):
+    async def object_store(self, bucket: str) -> _ObjectStore: ...
+
+    async def create_object_store(self, bucket: str) -> _ObjectStore: ...
 
 
 class _Requester(Protocol):
     async def request(self, subject: str, payload: bytes = b"", timeout: float = ...) -> _Msg: ...
+
+    def jetstream(self) -> _JetStream: ...
 
 
 class KeyValueClient:
@@ -179,51 +206,55 @@ class KeyValueClient:
         return bytes(result.data or b"")
 
     # ------------------------------------------------------------- typed helpers ----
+    # ``call`` decodes through the operation table, so its result is typed only by the table:
+    # each helper names the output type that its operation's table row produces.
 
     async def get(self, key: str) -> GetResponse:
-        return await self.call("Get", key)
+        return cast("GetResponse", await self.call("Get", key))
 
     async def set(self, key: str, value: str, expires: int = 0) -> None:
         await self.call("Set", SetRequest(key, value, expires))
 
     async def delete(self, key: str) -> bool:
-        return await self.call("Del", key)
+        return cast("bool", await self.call("Del", key))
 
     async def contains(self, key: str) -> bool:
-        return await self.call("Contains", key)
+        return cast("bool", await self.call("Contains", key))
 
     async def increment(self, key: str, delta: int) -> int:
-        return await self.call("Increment", IncrementRequest(key, delta))
+        return cast("int", await self.call("Increment", IncrementRequest(key, delta)))
 
     async def list_add(self, list_name: str, value: str) -> int:
-        return await self.call("ListAdd", ListAddRequest(list_name, value))
+        return cast("int", await self.call("ListAdd", ListAddRequest(list_name, value)))
 
     async def list_del(self, list_name: str, value: str) -> bool:
-        return await self.call("ListDel", ListDelRequest(list_name, value))
+        return cast("bool", await self.call("ListDel", ListDelRequest(list_name, value)))
 
     async def list_clear(self, list_name: str) -> bool:
-        return await self.call("ListClear", list_name)
+        return cast("bool", await self.call("ListClear", list_name))
 
     async def list_range(self, list_name: str, start: int, stop: int) -> list[str]:
-        return await self.call("ListRange", ListRangeRequest(list_name, start, stop))
+        return cast(
+            "list[str]", await self.call("ListRange", ListRangeRequest(list_name, start, stop))
+        )
 
     async def set_add(self, set_name: str, value: str) -> int:
-        return await self.call("SetAdd", SetAddRequest(set_name, value))
+        return cast("int", await self.call("SetAdd", SetAddRequest(set_name, value)))
 
     async def set_del(self, set_name: str, value: str) -> int:
-        return await self.call("SetDel", SetDelRequest(set_name, value))
+        return cast("int", await self.call("SetDel", SetDelRequest(set_name, value)))
 
     async def set_query(self, set_name: str) -> list[str]:
-        return await self.call("SetQuery", set_name)
+        return cast("list[str]", await self.call("SetQuery", set_name))
 
     async def set_union(self, set_names: Iterable[str]) -> list[str]:
-        return await self.call("SetUnion", set_names)
+        return cast("list[str]", await self.call("SetUnion", set_names))
 
     async def set_intersection(self, set_names: Iterable[str]) -> list[str]:
-        return await self.call("SetIntersection", set_names)
+        return cast("list[str]", await self.call("SetIntersection", set_names))
 
     async def set_clear(self, set_name: str) -> bool:
-        return await self.call("SetClear", set_name)
+        return cast("bool", await self.call("SetClear", set_name))
 
     def __repr__(self) -> str:
         return f"KeyValueClient(subject={self._subject!r}, actor={self._origin.public_key!r})"

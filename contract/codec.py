@@ -111,8 +111,10 @@ def unpack(
     try:
         return msgpack.unpackb(data, **kwargs)
     except msgpack.ExtraData as exc:
+        # msgpack sets ``extra`` (the bytes after the value); its stubs leave it out.
+        extra: bytes = exc.extra  # type: ignore[attr-defined]
         raise DecodeError(
-            f"trailing data: {len(exc.extra)} bytes remain after the msgpack value"
+            f"trailing data: {len(extra)} bytes remain after the msgpack value"
         ) from None
     except msgpack.StackError:
         raise DecodeError("invalid msgpack: nesting too deep") from None

@@ -21,6 +21,8 @@ from collections.abc import Awaitable, Sequence
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.micro.service import Service
 
 from contract.wire import (
     RPC_QUEUE_GROUP,
@@ -87,14 +89,14 @@ class ProviderDaemon:
         self.replicator: Replicator = Standalone()
         self._stopped = asyncio.Event()
         self.started_at = time.monotonic()
-        self._service = None
+        self._service: Service | None = None
         self._nc: NATS | None = None
-        self._tasks: list[asyncio.Task] = []
-        self._starting: asyncio.Task | None = None  # start-up, cancelled by an early stop
-        self._stop_task: asyncio.Task | None = None  # the one stop, however it was asked for
+        self._tasks: list[asyncio.Task[None]] = []
+        self._starting: asyncio.Task[None] | None = None  # start-up, cancelled by an early stop
+        self._stop_task: asyncio.Task[None] | None = None  # the one stop, however it was asked for
         self._acks: list[str] = []  # reply subjects of shutdown requests to acknowledge
         self._handler: InvocationHandler | None = None
-        self._rpc_sub = None
+        self._rpc_sub: Subscription | None = None
         self.verifier = SignatureVerifier()
         self._outbox: list[tuple[str, bytes]] = []
         self._outbox_ready = asyncio.Event()
@@ -117,8 +119,8 @@ class ProviderDaemon:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 self._loop.add_signal_handler(signum, self._on_signal, signum)
         self._starting = starting = asyncio.create_task(self._start(), name="start-up")
-        for signum in early_signals[:1]:
-            self._on_signal(signum)
+        for caught in early_signals[:1]:
+            self._on_signal(caught)
         await asyncio.wait({starting})
         error = None if starting.cancelled() else starting.exception()
         if error is not None and self._stop_task is None:
@@ -218,7 +220,8 @@ class ProviderDaemon:
                 with contextlib.suppress(Exception):
                     await nc.publish(reply, SHUTDOWN_ACK)
             flush = self._left(deadline, 0.3)
-            await _bounded(nc.flush(timeout=flush), flush + 0.05, "flush")
+            # nats-py annotates flush's timeout as an int; it is a float for asyncio.wait_for.
+            await _bounded(nc.flush(timeout=flush), flush + 0.05, "flush")  # type: ignore[arg-type]
         self._stopped.set()
 
     def _left(self, deadline: float, cap: float) -> float:
@@ -246,6 +249,7 @@ class ProviderDaemon:
     # ------------------------------------------------------------------ RPC
     async def _on_rpc(self, msg: Msg) -> None:
         # Never awaits: nats-py hands us the next message at once, so calls pipeline.
+        assert self._handler is not None  # made before the RPC subject is subscribed
         self._handler.receive(msg.data, msg.reply)
 
     def _queue_reply(self, subject: str, body: bytes) -> None:
@@ -411,6 +415,7 @@ class ProviderDaemon:
         except Exception as error:
             response = HealthCheckResponse(False, str(error))
         body = response.encode_json() if self.host_data.is_test_mode else response.encode_msgpack()
+        assert self._nc is not None  # the health subject is subscribed on this connection
         await self._nc.publish(msg.reply, body)
 
     async def _on_shutdown(self, msg: Msg) -> None:
@@ -449,7 +454,7 @@ class ProviderDaemon:
         log.info("lattice connection restored")
 
 
-async def _bounded(awaitable: Awaitable, timeout: float, step: str) -> None:
+async def _bounded(awaitable: Awaitable[object], timeout: float, step: str) -> None:
     """Await ``awaitable`` for at most ``timeout`` seconds; failures are logged, never raised.
 
     It runs as its own task, and an overrun is cancelled *without* waiting for the cancellation

@@ -17,9 +17,13 @@ import contextlib
 import os
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from contract.wire import HostData, HostDataError
 from provider import logs
+
+if TYPE_CHECKING:  # imported at run time only once logging is configured
+    from provider.daemon import ProviderDaemon
 
 #: Signals caught before the daemon's own handlers were installed.
 _early_signals: list[int] = []
@@ -37,7 +41,7 @@ def _catch_early_signals() -> None:
             signal.signal(signum, _remember_signal)
 
 
-def _run(daemon) -> tuple[int, bool]:
+def _run(daemon: ProviderDaemon) -> tuple[int, bool]:
     """Run the daemon; returns (exit status, whether the loop closed cleanly).
 
     Like ``asyncio.run``, except that waiting for cancelled leftover tasks (and async

@@ -31,12 +31,12 @@ def connect_options(
     no_echo: bool = False,
     ping_interval: float = 120,
     inbox_prefix: str | None = None,
-) -> dict:
+) -> dict[str, Any]:
     """Keyword arguments for ``nats.connect`` for a long-lived daemon connection.
 
     ``url`` may list several servers of one cluster, comma-separated, for failover.
     """
-    options: dict = {
+    options: dict[str, Any] = {
         "servers": [part.strip() for part in url.split(",") if part.strip()],
         "name": name,
         "allow_reconnect": True,

@@ -44,7 +44,7 @@ class Supervisor:
     ) -> None:
         self._clock = clock
         self._restart_delay = restart_delay
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self._stopping = False
         self.crashes: dict[str, Crash] = {}
 
@@ -56,7 +56,7 @@ class Supervisor:
         """Run ``coro`` once; a crash is logged and reported, not restarted."""
         self._track(asyncio.create_task(self._guard(name, coro), name=name))
 
-    def _track(self, task: asyncio.Task) -> None:
+    def _track(self, task: asyncio.Task[object]) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -177,7 +177,8 @@ def read_file(path: Path) -> BenchFile | None:
         results = {k: v for k, v in document.items() if k not in METADATA_KEYS}
     if isinstance(results, list):
         results = {"rows": results}
-    name = document.get("name") if isinstance(document.get("name"), str) else path.stem
+    named = document.get("name")
+    name = named if isinstance(named, str) else path.stem
     bench = BenchFile(path, name, _describe(document))
     # Top-level numbers are collected into one "summary" section instead of one-bar charts.
     summary = [

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import nats
+from nats.aio.client import Client as NATS
 
 from provider.logs import redact_url
 
@@ -35,12 +36,12 @@ class Unreachable(Exception):
     """No answer from NATS or from the provider (exit code 3)."""
 
 
-def error(command: str, message: str) -> None:
+def error(command: str, message: str | Exception) -> None:
     """``nats-kvcache COMMAND: message`` on stderr."""
     print(f"nats-kvcache {command}: {message}", file=sys.stderr, flush=True)
 
 
-def warn(command: str, message: str) -> None:
+def warn(command: str, message: str | Exception) -> None:
     print(f"nats-kvcache {command}: warning: {message}", file=sys.stderr, flush=True)
 
 
@@ -83,7 +84,9 @@ def describe_connect_error(error: BaseException | None, fallback: BaseException)
     return text or type(cause).__name__
 
 
-async def connect(url: str, *, name: str, timeout: float, connect_hint: str, **options: Any) -> Any:
+async def connect(
+    url: str, *, name: str, timeout: float, connect_hint: str, **options: Any
+) -> NATS:
     """One connection attempt, no reconnects, no tracebacks; :class:`Unreachable` on failure
     with the reason and ``connect_hint`` (what to do) in the message."""
     callbacks = QuietCallbacks()

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from nats.aio.client import Client as NATS
 from nats.micro import add_service
 from nats.micro.request import Request
+from nats.micro.service import Service
 
 from provider import __version__
 from provider.observe.status import (
@@ -27,6 +28,9 @@ from provider.observe.status import (
     VerifierStatus,
 )
 from provider.replication.config import subject_token
+
+if TYPE_CHECKING:  # the daemon imports this module
+    from provider.daemon import ProviderDaemon
 
 SERVICE_NAME = "nats-kvcache"
 VERSION = __version__
@@ -45,7 +49,7 @@ async def start_service(
     provider_key: str,
     link_name: str,
     instance: str,
-):
+) -> Service:
     """Register this instance's micro service; returns it (call ``stop()`` at shutdown)."""
     service = await add_service(
         nc,
@@ -72,7 +76,7 @@ async def start_service(
     return service
 
 
-def instance_status(daemon: Any) -> InstanceStatus:
+def instance_status(daemon: ProviderDaemon) -> InstanceStatus:
     """The status document of one running :class:`provider.daemon.ProviderDaemon`."""
     health = daemon.health()
     hd = daemon.host_data

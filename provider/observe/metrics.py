@@ -39,10 +39,13 @@ class Metrics:
         ring = sorted(self._samples.get(operation, ()))
         if not ring:
             return {}
-        pick = lambda q: round(ring[min(len(ring) - 1, int(q * len(ring)))] * 1000, 3)  # noqa: E731
+
+        def pick(q: float) -> float:
+            return round(ring[min(len(ring) - 1, int(q * len(ring)))] * 1000, 3)
+
         return {"p50_ms": pick(0.50), "p90_ms": pick(0.90), "p99_ms": pick(0.99)}
 
-    def snapshot(self) -> dict[str, dict]:
+    def snapshot(self) -> dict[str, dict[str, float]]:
         return {
             operation: {"calls": calls, "errors": self.errors.get(operation, 0)}
             | self.percentiles(operation)

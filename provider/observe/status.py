@@ -2,8 +2,9 @@
 
 An instance describes itself once (:func:`provider.observe.introspection.instance_status`);
 the micro service sends that description as JSON, :mod:`provider.observe.prometheus` exports its
-numbers and ``nats-kvcache status`` / ``dev`` print it. Reading it through these dataclasses instead of
-string keys means a renamed field breaks the type checker, not a dashboard at run time.
+numbers and ``nats-kvcache status`` / ``dev`` print it. Reading it through these dataclasses
+instead of string keys means a renamed field breaks the type checker, not a dashboard at run
+time.
 
 The JSON shape is the contract with the outside (``nats micro stats``, scripts using
 ``status --json``), so :meth:`InstanceStatus.to_dict` writes exactly the documented keys, and
@@ -233,7 +234,9 @@ class InstanceStatus:
     provider_key: str
     link_name: str
     healthy: bool
-    message: str = ""
+    #: The health message; None (JSON null) from an instance with nothing to say, which
+    #: :meth:`from_dict` reads back as "".
+    message: str | None = ""
     uptime_secs: float = 0.0
     entries: int = 0
     memory: MemoryStatus | None = None

@@ -3,6 +3,9 @@
 The RPC path calls :meth:`Replicator.publish` after each successful mutation and never waits
 for the network: a replicated ``Set`` must answer as fast as a standalone one. Everything else
 (catch-up, repair, reconnection) is the backend's own business, done in its own tasks.
+
+:class:`Replicator` is a protocol: a backend implements it by shape, without inheriting from it.
+mypy checks that every backend has that shape (see ``provider.replication.factory``).
 """
 
 from __future__ import annotations
@@ -53,8 +56,9 @@ class Replicator(Protocol):
     def health(self) -> ReplicationHealth:
         """How replication is doing, for the host's health checks."""
 
-    def status(self) -> dict:
-        """Counters and state for introspection (peers, lag, repairs)."""
+    def status(self) -> dict[str, object]:
+        """Counters and state for introspection (peers, lag, repairs): a JSON object, which
+        :meth:`provider.observe.status.ReplicationStatus.from_dict` reads."""
 
     async def stop(self) -> None:
         """Flush what can be flushed and disconnect."""
@@ -74,7 +78,7 @@ class Standalone:
     def health(self) -> ReplicationHealth:
         return ReplicationHealth(True)
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, object]:
         return {"mode": self.name}
 
     async def stop(self) -> None:
@@ -93,5 +97,5 @@ class Disabled(Standalone):
     def health(self) -> ReplicationHealth:
         return ReplicationHealth(False, self.reason)
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, object]:
         return {"mode": self.name, "problem": self.reason}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
@@ -31,10 +31,16 @@ DROP_LOGS_PER_PERIOD = 5
 _NO_RESPONDERS = "503"
 
 
+class _Log(Protocol):
+    """The part of a structlog logger the channel uses."""
+
+    def warning(self, event: str, **fields: Any) -> object: ...
+
+
 class SignedChannel:
     """Seal and open replication messages on one (replaceable) NATS connection."""
 
-    def __init__(self, trust: Trust, counters: dict[str, Any], log: Any) -> None:
+    def __init__(self, trust: Trust, counters: dict[str, int], log: _Log) -> None:
         self.trust = trust
         self.verifier = Verifier(trust, m.MAX_MESSAGE_BYTES + 64 * 1024 + HEADER_BYTES)
         self.nc: NATS | None = None
@@ -45,7 +51,7 @@ class SignedChannel:
         self._drop_logs = 0
         self._inbox = ""
         self._tokens = itertools.count(1)
-        self._waiting: dict[str, asyncio.Future] = {}
+        self._waiting: dict[str, asyncio.Future[Msg]] = {}
 
     async def attach(self, nc: NATS) -> None:
         """Use ``nc`` from now on (a new connection after a rebuild)."""
@@ -60,13 +66,18 @@ class SignedChannel:
     def new_log_period(self) -> None:
         self._drop_logs = 0
 
+    def _connection(self) -> NATS:
+        nc = self.nc
+        assert nc is not None, "the channel is used before attach()"
+        return nc
+
     # ------------------------------------------------------------------ out
     async def publish(self, subject: str, body: bytes) -> None:
-        await self.nc.publish(subject, seal(self.trust, body))
+        await self._connection().publish(subject, seal(self.trust, body))
 
     async def respond(self, msg: Msg, body: bytes) -> None:
         if msg.reply:
-            await self.nc.publish(msg.reply, seal(self.trust, body))
+            await self._connection().publish(msg.reply, seal(self.trust, body))
 
     async def request(self, subject: str, body: bytes, timeout: float) -> Msg:
         """Publish a request bound to a fresh reply subject; the first answer, or a timeout.
@@ -74,10 +85,10 @@ class SignedChannel:
         Raises nats-py's ``NoRespondersError`` and ``TimeoutError`` like ``nc.request``.
         """
         reply = f"{self._inbox}.{next(self._tokens)}"
-        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Msg] = asyncio.get_running_loop().create_future()
         self._waiting[reply] = future
         try:
-            await self.nc.publish(subject, seal(self.trust, body, reply), reply=reply)
+            await self._connection().publish(subject, seal(self.trust, body, reply), reply=reply)
             answer = await asyncio.wait_for(future, timeout)
         except TimeoutError:
             raise NatsTimeoutError() from None

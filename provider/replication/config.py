@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from typing import Any, TypedDict, Unpack
 
 from contract.hostdata import normalize_nats_url
 from provider.natsconn import connect_options
@@ -112,6 +113,14 @@ def parse_config_json(config_json: str | None) -> dict[str, str]:
     return normalize({k: v if isinstance(v, str) else json.dumps(v) for k, v in document.items()})
 
 
+class ConnectionTuning(TypedDict, total=False):
+    """What a backend may set on its connection beyond the configuration (see
+    :func:`provider.natsconn.connect_options`)."""
+
+    no_echo: bool
+    ping_interval: float
+
+
 @dataclass(slots=True)
 class ReplicationConfig:
     """Everything a replication backend needs to know, with the defaults applied."""
@@ -207,12 +216,17 @@ class ReplicationConfig:
             config.tls_cert_file = config.tls_key_file = None
         return config
 
-    def connect_options(self, name: str, **extra: object) -> dict:
+    def connect_options(self, name: str, **extra: Unpack[ConnectionTuning]) -> dict[str, Any]:
         """nats-py options for this replication connection (credentials and TLS included)."""
+        assert self.nats_url is not None, "replication is not configured"
+        jwt_and_seed = None
+        if self.client_jwt:
+            assert self.client_seed is not None  # from_values keeps the two together
+            jwt_and_seed = (self.client_jwt, self.client_seed)
         return connect_options(
             self.nats_url,
             name,
-            jwt_and_seed=(self.client_jwt, self.client_seed) if self.client_jwt else None,
+            jwt_and_seed=jwt_and_seed,
             creds_file=self.creds_file,
             tls_ca_file=self.tls_ca_file,
             tls_cert_file=self.tls_cert_file,
@@ -221,7 +235,7 @@ class ReplicationConfig:
             **extra,
         )
 
-    def fingerprint(self) -> tuple:
+    def fingerprint(self) -> tuple[str | None, ...]:
         """What identifies the replication set-up (to spot a later link that disagrees)."""
         return (
             self.nats_url,

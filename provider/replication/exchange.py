@@ -36,14 +36,14 @@ def snapshot_chunk(store: KeyValueStore, node: str, bucket: int, offset: int) ->
 
 
 def _chunk(batch: m.Batch, node: str, bucket: int, offset: int, *, end: bool) -> bytes:
-    message = m.Message("sc", node, buckets=[bucket], offset=offset, end=end)
+    message = m.Message(m.Kind.SNAPSHOT_CHUNK, node, buckets=[bucket], offset=offset, end=end)
     return m.encode(message, batch.take())
 
 
 def repair_request(store: KeyValueStore, node: str, buckets: list[int]) -> bytes:
     """Ask a peer about ``buckets``: our non-zero sub-bucket digests of each."""
     sparse = [{sub: d for sub, d in enumerate(store.sub_digests(b)) if d} for b in buckets]
-    return m.encode(m.Message("rr", node, buckets=buckets, sub_digests=sparse))
+    return m.encode(m.Message(m.Kind.REPAIR_REQUEST, node, buckets=buckets, sub_digests=sparse))
 
 
 def repair_reply(store: KeyValueStore, node: str, request: m.Message) -> tuple[bytes, int]:
@@ -52,7 +52,9 @@ def repair_reply(store: KeyValueStore, node: str, request: m.Message) -> tuple[b
     Returns the encoded reply and how many entries it carries. Whole buckets only, up to the
     chunk target; the asker requests the uncovered buckets again.
     """
-    batch, covered, subs = m.Batch(), [], []
+    batch = m.Batch()
+    covered: list[int] = []
+    subs: list[int] = []
     for index, theirs in zip(request.buckets, request.sub_digests, strict=True):
         mine = store.sub_digests(index)
         differing = {sub for sub in range(SUB_BUCKETS) if theirs.get(sub, 0) != mine[sub]}
@@ -65,7 +67,7 @@ def repair_reply(store: KeyValueStore, node: str, request: m.Message) -> tuple[b
             if batch.size + len(part) <= m.MAX_MESSAGE_BYTES - 4096:
                 batch.add(part)
     count = batch.count
-    reply = m.Message("rp", node, buckets=covered, subs=subs)
+    reply = m.Message(m.Kind.REPAIR_REPLY, node, buckets=covered, subs=subs)
     return m.encode(reply, batch.take()), count
 
 
@@ -81,7 +83,7 @@ def repair_pushes(store: KeyValueStore, node: str, subs: list[int]) -> list[tupl
     def flush() -> None:
         if batch.count:
             count = batch.count
-            pushes.append((m.encode(m.Message("pu", node), batch.take()), count))
+            pushes.append((m.encode(m.Message(m.Kind.REPAIR_PUSH, node), batch.take()), count))
 
     for index, sub_set in wanted.items():
         for key, entry in store.sub_bucket_items(index, sub_set):

@@ -92,11 +92,12 @@ class Kind(StrEnum):
 
 @dataclass(slots=True)
 class Message:
-    type: Kind | str
+    type: Kind
     node: str
     seq: int = 0
     changes: list[Change] = field(default_factory=list)
-    digests: list[int] | None = None
+    #: A digest message's bucket digests (:data:`~provider.store.BUCKETS` of them).
+    digests: list[int] = field(default_factory=list)
     #: Bucket ids (repairs), or the one-element snapshot cursor (pulls and chunks).
     buckets: list[int] = field(default_factory=list)
     offset: int = 0
@@ -181,7 +182,7 @@ OPTIONAL = frozenset({"w", "q"})
 
 def encode(message: Message, packed_changes: bytes | None = None) -> bytes:
     """Serialise; ``packed_changes`` (from :func:`pack_change`, concatenated) saves re-packing."""
-    kind = Kind(message.type)
+    kind = Kind(message.type)  # also a kind given by its wire name, a plain string
     body: dict[str, Any] = {"f": FORMAT, "t": kind.value, "n": message.node}
     for name in FIELDS[kind]:
         if name == "c":

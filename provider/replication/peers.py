@@ -37,7 +37,7 @@ class PeerTracker:
     def _peer(self, node: str, now: float) -> tuple[Peer, bool]:
         peer = self._peers.get(node)
         new = peer is None
-        if new:
+        if peer is None:
             if len(self._peers) >= self.max_peers:
                 self._evict(now)
             peer = self._peers[node] = Peer(node)

@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator
 import structlog
 from nats.aio.client import Client as NATS
 from nats.js.errors import NotFoundError
+from nats.js.object_store import ObjectStore
 
 log = structlog.get_logger("provider.rpc.chunking")
 
@@ -75,7 +76,7 @@ class _DownloadBudget:
         self._max_bytes = max_bytes
         self.active = 0
         self.bytes = 0
-        self._waiters: list[asyncio.Future] = []
+        self._waiters: list[asyncio.Future[None]] = []
 
     def _fits(self, size: int) -> bool:
         return self.active < self._slots and self.bytes + size <= self._max_bytes
@@ -113,12 +114,12 @@ class ChunkStore:
         self._nc = nc
         self._bucket = lattice_prefix
         self._stream = f"OBJ_{lattice_prefix}"
-        self._store = None
+        self._store: ObjectStore | None = None
         self._budget = _DownloadBudget(MAX_CONCURRENT_DOWNLOADS, MAX_IN_FLIGHT_BYTES)
         #: Bodies downloaded so far (for tests and the status document).
         self.downloads = 0
 
-    async def _object_store(self):
+    async def _object_store(self) -> ObjectStore:
         if self._store is None:
             js = self._nc.jetstream()
             try:

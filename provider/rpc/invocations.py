@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import structlog
 
@@ -71,6 +72,9 @@ _REFUSALS = (
 )
 
 SendReply = Callable[[str, bytes], None]
+#: A call waiting in a verification batch: its invocation, its claims, where the reply goes and
+#: when it arrived (``time.perf_counter``).
+_Pending = tuple[Invocation, PreparedClaims, str, float]
 
 #: Calls per verification batch. Small enough that the worker starts verifying while the loop
 #: is still decoding the calls behind them; large enough to amortise the pipe round trip.
@@ -113,9 +117,9 @@ class InvocationHandler:
         self._chunks = chunks
         self._metrics = metrics
         self._verifier = verifier or SignatureVerifier(use_worker=False)
-        self._batch: list[tuple[Invocation, PreparedClaims, str, float]] = []
+        self._batch: list[_Pending] = []
         self._send = send_reply
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ pipelined path
     def receive(self, data: bytes, reply: str) -> None:
@@ -149,7 +153,7 @@ class InvocationHandler:
         jobs = [(p.issuer_key, p.signing_input, p.signature) for _, p, _, _ in batch]
         self._verifier.submit(jobs, lambda verdicts: self._complete(batch, verdicts))
 
-    def _complete(self, batch: list, verdicts: list[bool]) -> None:
+    def _complete(self, batch: list[_Pending], verdicts: list[bool]) -> None:
         send = self._send
         for (inv, prepared, reply, started), ok in zip(batch, verdicts, strict=True):
             try:
@@ -167,7 +171,14 @@ class InvocationHandler:
             self._metrics.record(inv.operation, started)
             send(reply, InvocationResponse.success(inv.id, output).encode())
 
-    async def _answer_later(self, inv, output, durable, reply: str, started: float) -> None:
+    async def _answer_later(
+        self,
+        inv: Invocation,
+        output: bytes,
+        durable: Awaitable[None] | None,
+        reply: str,
+        started: float,
+    ) -> None:
         try:
             if durable is not None:
                 await durable
@@ -181,7 +192,7 @@ class InvocationHandler:
     async def _handle_and_send(self, inv: Invocation, reply: str, started: float) -> None:
         self._send(reply, (await self._handle_decoded(inv, started)).encode())
 
-    def _spawn(self, coroutine) -> None:
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -244,7 +255,7 @@ class InvocationHandler:
             raise ChunkError("chunked bodies are not available: no object store connection")
         return self._chunks
 
-    def _check_caller(self, inv: Invocation, claims: dict) -> None:
+    def _check_caller(self, inv: Invocation, claims: dict[str, Any]) -> None:
         """The provider's own checks (spec §6 step 4): trusted issuer, this target, a link."""
         if claims["iss"] not in self._issuers:
             raise _Refused(issuer_not_trusted_error())

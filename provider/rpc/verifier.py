@@ -49,7 +49,7 @@ class SignatureVerifier:
         self._use_worker = use_worker
         self._process: asyncio.subprocess.Process | None = None
         self._in_flight: deque[tuple[list[Job], Done]] = deque()
-        self._reader: asyncio.Task | None = None
+        self._reader: asyncio.Task[None] | None = None
         self.batches_offloaded = 0
         self.verified_inline = 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import struct
 import sys
+from typing import BinaryIO
 
 import msgpack
 
@@ -18,8 +19,9 @@ _LENGTH = struct.Struct("<I")
 MAX_BATCH_BYTES = 64 * 1024 * 1024
 
 
-def _read_exactly(stream, size: int) -> bytes | None:
-    chunks, remaining = [], size
+def _read_exactly(stream: BinaryIO, size: int) -> bytes | None:
+    chunks: list[bytes] = []
+    remaining = size
     while remaining:
         chunk = stream.read(remaining)
         if not chunk:
