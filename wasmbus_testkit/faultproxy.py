@@ -285,6 +285,10 @@ class FaultProxy:
         finally:
             self._tasks.discard(task)
 
+    def _current_mode(self) -> Mode:
+        """The mode now (a method call, so the checker does not narrow it across an await)."""
+        return self.mode
+
     async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         if self.mode is Mode.CUT:
             client_w.transport.abort()
@@ -294,7 +298,8 @@ class FaultProxy:
         except OSError:
             client_w.transport.abort()  # upstream down: the client sees a failed connect
             return
-        if self.mode is Mode.CUT:  # cut while we were connecting upstream
+        # The mode may have changed while we awaited the upstream connect: read it afresh.
+        if self._current_mode() is Mode.CUT:  # cut while we were connecting upstream
             client_w.transport.abort()
             server_w.transport.abort()
             return

@@ -11,19 +11,37 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar, overload
 
 __all__ = ["wait_for", "wait_for_sync"]
 
 T = TypeVar("T")
 
 
+@overload
 async def wait_for(
-    predicate: Callable[[], Awaitable[T] | T],
+    predicate: Callable[[], Awaitable[T]],
+    timeout: float = ...,
+    interval: float = ...,
+    message: str = ...,
+) -> T: ...
+
+
+@overload
+async def wait_for(
+    predicate: Callable[[], T],
+    timeout: float = ...,
+    interval: float = ...,
+    message: str = ...,
+) -> T: ...
+
+
+async def wait_for(
+    predicate: Callable[[], Any],
     timeout: float = 5.0,
     interval: float = 0.02,
     message: str = "condition",
-) -> T:
+) -> Any:
     """Poll ``predicate`` (sync or async) until it returns something truthy; return that value.
 
     Tests poll instead of sleeping so they are as fast as the system allows and still tolerate
@@ -38,7 +56,7 @@ async def wait_for(
             if inspect.isawaitable(result):
                 result = await result
             if result:
-                return result  # type: ignore[return-value]
+                return result
         except Exception as exc:  # the predicate is allowed to fail while the system settles
             last_exc = exc
         if time.monotonic() >= deadline:
