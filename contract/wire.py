@@ -23,8 +23,10 @@ from contract.links import LinkDefinition
 
 __all__ = [
     "DEFAULT_NATS_URL",
+    "HEALTH_REQUEST",
     "RPC_QUEUE_GROUP",
     "SHUTDOWN_ACK",
+    "TEST_MODE_HEALTH_REQUEST",
     "TEST_MODE_HOST_ID",
     "HealthCheckResponse",
     "HostData",
@@ -36,6 +38,7 @@ __all__ = [
     "WasmCloudEntity",
     "WireError",
     "parse_shutdown_host_id",
+    "shutdown_request",
 ]
 
 RPC_QUEUE_GROUP = "rpc"
@@ -307,7 +310,21 @@ class HealthCheckResponse:
         return cls.from_obj(unpack_json(data))
 
 
+#: The body of the OTP host's health request (msgpack); the provider ignores it, but tools that
+#: ask for health (the CLI, the test kit) send exactly what a host sends.
+HEALTH_REQUEST = pack({"placeholder": True})
+#: The test-mode harness (``wasmcloud-test-util``) asks with JSON ``{}``.
+TEST_MODE_HEALTH_REQUEST = b"{}"
+
+
 # ------------------------------------------------------------------------- shutdown ----
+
+
+def shutdown_request(host_id: str | None) -> bytes:
+    """The body of a host's shutdown request: JSON ``{"host_id": …}``, or the empty body of
+    hosts before 0.59 (``host_id=None``). A provider shuts down only for its own host id, so
+    several instances of one provider can share the shutdown subject."""
+    return b"" if host_id is None else json.dumps({"host_id": host_id}).encode()
 
 
 def parse_shutdown_host_id(body: bytes) -> str:

@@ -16,15 +16,21 @@ A provider is started by one of two hosts, and they differ in details a provider
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
-from contract.codec import pack
 from contract.nkeys import KeyPair
-from contract.wire import TEST_MODE_HOST_ID, HealthCheckResponse, HostData, LinkDefinition
+from contract.wire import (
+    HEALTH_REQUEST,
+    TEST_MODE_HEALTH_REQUEST,
+    TEST_MODE_HOST_ID,
+    HealthCheckResponse,
+    HostData,
+    LinkDefinition,
+    shutdown_request,
+)
 
 __all__ = ["HostKeys", "HostStyle", "build_host_data", "link_definition", "shutdown_request"]
 
@@ -59,7 +65,7 @@ class HostStyle(Enum):
     @property
     def health_body(self) -> bytes:
         """The health request body: msgpack ``{"placeholder": true}`` (OTP) or JSON ``{}``."""
-        return pack({"placeholder": True}) if self is HostStyle.OTP else b"{}"
+        return HEALTH_REQUEST if self is HostStyle.OTP else TEST_MODE_HEALTH_REQUEST
 
     def host_id(self, keys: HostKeys) -> str:
         return TEST_MODE_HOST_ID if self is HostStyle.TEST else keys.host.public_key
@@ -97,13 +103,6 @@ def link_definition(
         contract_id=contract_id,
         values=dict(values or {}),
     )
-
-
-def shutdown_request(host_id: str | None) -> bytes:
-    """The body of the host's shutdown request: JSON ``{"host_id": …}`` in both styles, or
-    the empty body of hosts before 0.59 (``host_id=None``). A provider shuts down only for its
-    own host id, so several instances of one provider can share the shutdown subject."""
-    return b"" if host_id is None else json.dumps({"host_id": host_id}).encode()
 
 
 def build_host_data(

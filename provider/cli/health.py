@@ -32,10 +32,9 @@ from typing import Any
 import nats
 import nats.errors
 
-from contract.codec import pack
 from contract.hostdata import DEFAULT_NATS_URL, normalize_nats_url
 from contract.nkeys import NKeyError
-from contract.wire import HealthCheckResponse, Subjects
+from contract.wire import HEALTH_REQUEST, HealthCheckResponse, Subjects
 from provider.cli import state as statefile
 from provider.cli.common import (
     EXIT_FAILED,
@@ -51,7 +50,6 @@ from provider.natsconn import connect_options
 
 EXIT_HEALTHY, EXIT_UNHEALTHY = EXIT_OK, EXIT_FAILED
 DEFAULT_TIMEOUT = 3.0
-HEALTH_BODY = pack({"placeholder": True})
 
 ENV_URL = "LATTICE_RPC_URL"
 ENV_LATTICE = "LATTICE_RPC_PREFIX"
@@ -119,7 +117,7 @@ async def collect_health(
     inbox = nc.new_inbox()
     sub = await nc.subscribe(inbox)
     try:
-        await nc.publish(subject, HEALTH_BODY, reply=inbox)
+        await nc.publish(subject, HEALTH_REQUEST, reply=inbox)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + window
         while sum(answer.healthy for answer in answers) < enough:
