@@ -41,15 +41,15 @@ from provider.logs import redact_url
 from provider.natsconn import connect_forever
 from provider.store import Change, KeyValueStore
 from provider.store.codec import ChangeDecodeError, decode_change, encode_change, is_node_id
-from provider.store.hlc import wall_ms
 from provider.supervisor import Supervisor
 
 from . import messages as m
 from .acks import AckTracker, report_late
 from .base import ReplicationError, ReplicationHealth, health_grace_secs
 from .channel import SignedChannel
+from .clockguard import ClockGuard
 from .config import ReplicationConfig
-from .messages import MAX_MESSAGE_BYTES, Kind, ahead_ms
+from .messages import MAX_MESSAGE_BYTES, Kind
 from .peers import PeerTracker
 from .signing import HEADER_BYTES, Trust, UntrustedMessage, Verifier, seal
 
@@ -166,6 +166,7 @@ class JetStreamReplicator:
         self._prefix = self.settings.subjects[0][:-1]  # "lc.{prefix}."
         self._clock = clock
         self._nc: NATS | None = None
+        self._closed = asyncio.Event()
         self._js = None
         self._seqs: dict[str, int] = {}
         self._waiting: dict[str, list[asyncio.Future]] = {}
@@ -188,6 +189,15 @@ class JetStreamReplicator:
         # confirm the stream sequence they applied; a write waits for the live ones (bounded).
         self.node = store.node_id
         self.channel = SignedChannel(trust, self.counters, log)
+        # A record stamped too far ahead is refused; its writer hears so on its ack subject.
+        self.clock_guard = ClockGuard(
+            self.node,
+            config.max_clock_offset_ms,
+            clock=clock,
+            counters=self.counters,
+            log=log,
+            notify=self._queue_clock_notice,
+        )
         self.acks = AckTracker()
         self.peers = PeerTracker(expiry_secs=max(3 * config.heartbeat_secs, 15.0))
         self._ack_subject = f"kvcache.lc.{config.cache_prefix}.ack"
@@ -210,6 +220,37 @@ class JetStreamReplicator:
                 await asyncio.wait_for(self._nc.close(), timeout=1.0)
 
     async def _run(self) -> None:
+        """Connect, subscribe and tail the stream; rebuild the connection whenever it closes.
+
+        nats-py reconnects by itself after most failures, but gives up for good on some (a
+        protocol or authorization error the server answers by closing the connection). Those
+        must not end replication: the whole connection is built anew and the stream replayed
+        from the start (merging is idempotent), as at start-up.
+        """
+        while not self._stopping:
+            await self._close_connection()
+            self._closed = asyncio.Event()
+            nc = self._nc = await self._connect()
+            await self.channel.attach(nc)
+            await nc.subscribe(f"{self._ack_subject}.{self.node}", cb=self._on_ack)
+            await nc.subscribe(self._presence_subject, cb=self._on_presence)
+            self._js = nc.jetstream(domain=self.config.js_domain)
+            delay = 1.0
+            while not self._closed.is_set() and not await self._start_tailing():
+                # Leader elections and restarts are transient; a missing JetStream or an
+                # unusable stream may be fixed by the operator. Meanwhile we serve local state
+                # (see health).
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            await self._closed.wait()
+            if self._stopping:
+                return
+            if self._down_since is None:
+                self._down_since = self._clock()
+            self.acks.release_all()
+            log.warning("jetstream connection closed for good; rebuilding it")
+
+    async def _connect(self) -> NATS:
         cfg = self.config
 
         def report(error: Exception) -> None:
@@ -218,23 +259,21 @@ class JetStreamReplicator:
                 "jetstream server unreachable", url=redact_url(cfg.nats_url), error=str(error)
             )
 
-        self._nc = await connect_forever(
+        nc = await connect_forever(
             cfg.connect_options(CONNECTION_NAME, ping_interval=2.0),
             report,
             disconnected_cb=self._on_disconnected,
             reconnected_cb=self._on_reconnected,
+            closed_cb=self._on_closed,
         )
         self._down_since = None
-        await self.channel.attach(self._nc)
-        await self._nc.subscribe(f"{self._ack_subject}.{self.node}", cb=self._on_ack)
-        await self._nc.subscribe(self._presence_subject, cb=self._on_presence)
-        self._js = self._nc.jetstream(domain=cfg.js_domain)
-        delay = 1.0
-        while not await self._start_tailing():
-            # Leader elections and restarts are transient; a missing JetStream or an unusable
-            # stream may be fixed by the operator. Meanwhile we serve local state (see health).
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 10.0)
+        return nc
+
+    async def _close_connection(self) -> None:
+        nc, self._nc = self._nc, None
+        if nc is not None and not nc.is_closed:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(nc.close(), timeout=1.0)
 
     async def _start_tailing(self) -> bool:
         """Check the stream and start the replay-then-tail consumer; False on failure."""
@@ -423,8 +462,14 @@ class JetStreamReplicator:
         report_late(log, self.acks.expire(seq), self.config.write_ack_timeout_ms)
 
     async def _on_ack(self, msg: Msg) -> None:
-        message = self.channel.open(msg, (Kind.ACK,))
-        if message is None or not message.acks:
+        """Messages addressed to this writer: acks of applied records, and clock notices."""
+        message = self.channel.open(msg, (Kind.ACK, Kind.CLOCK_REFUSED))
+        if message is None:
+            return
+        if message.type == Kind.CLOCK_REFUSED:
+            self.clock_guard.refused_by(message.node, message.ahead_ms)
+            return
+        if not message.acks:
             return
         self.peers.saw(message.node, self._clock())
         self.acks.acked_up_to(message.node, max(message.acks))
@@ -459,6 +504,14 @@ class JetStreamReplicator:
             ack = m.encode(m.Message(Kind.ACK, self.node, acks=[seq]))
             with contextlib.suppress(Exception):
                 await self.channel.publish(f"{self._ack_subject}.{writer}", ack)
+
+    def _queue_clock_notice(self, writer: str, notice: bytes) -> None:
+        """Tell ``writer`` we refuse its stamps (rate-limited by the clock guard)."""
+        self.supervisor.run_once("jetstream-clock-notice", self._send_clock_notice(writer, notice))
+
+    async def _send_clock_notice(self, writer: str, notice: bytes) -> None:
+        with contextlib.suppress(Exception):  # disconnected: the next refused record retries
+            await self.channel.publish(f"{self._ack_subject}.{writer}", notice)
 
     # ------------------------------------------------------------------ reads
     async def _on_record(self, msg: Msg) -> None:
@@ -506,10 +559,8 @@ class JetStreamReplicator:
         if self._prefix + key_token(change.key) != subject:
             self._drop("dropped_messages", subject, "the record names another key")
             return ""
-        ahead = ahead_ms([change], wall_ms())
-        if ahead > self.config.max_clock_offset_ms:
-            self._drop("clock_refused", subject, f"stamped {ahead} ms ahead of our clock")
-            return ""
+        if not self.clock_guard.allows(writer, [change]):
+            return ""  # counted, logged once per writer, and the writer told
         self.store.apply(change)
         self.counters["applied"] += 1
         return writer
@@ -545,6 +596,9 @@ class JetStreamReplicator:
         crashed = self.supervisor.problem()
         if crashed:
             return ReplicationHealth(False, crashed)
+        refused = self.clock_guard.problem()
+        if refused:
+            return ReplicationHealth(False, refused)
         down_for = 0.0 if self._down_since is None else self._clock() - self._down_since
         if down_for > health_grace_secs():  # no heartbeat here: the minimum grace
             return ReplicationHealth(
@@ -553,6 +607,7 @@ class JetStreamReplicator:
                 "serving local state",
             )
         notes = ["replaying"] if self._replaying else []
+        notes += self.clock_guard.notes()
         lagging = self.acks.lagging_note()
         if lagging:
             notes.append(lagging)
@@ -569,6 +624,8 @@ class JetStreamReplicator:
             "peers": [p.node for p in self.peers.live(self._clock())],
             "lagging_peers": sorted(self.acks.lagging),
             "ack_timeouts": self.acks.timeouts,
+            "clock_offenders": self.clock_guard.offenders(),
+            "refused_by": self.clock_guard.refusers(),
             "keys_in_stream": len(self._seqs),
             "replay_seconds": self.replay_seconds,
             **self.counters,
@@ -580,3 +637,6 @@ class JetStreamReplicator:
 
     async def _on_reconnected(self) -> None:
         self._down_since = None
+
+    async def _on_closed(self) -> None:
+        self._closed.set()

@@ -10,9 +10,12 @@ directions, health is true and memory stayed bounded.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -29,8 +32,8 @@ from provider.store.codec import encode_change, new_node_id
 from provider.store.entry import Entry
 from provider.store.entry import Kind as EntryKind
 from provider.store.hlc import LOGICAL_BITS, wall_ms
-from tests.harness.natsserver import NatsServer
 from tests.harness.replicas import Replica, ReplicaSet, wait_converged
+from wasmbus_testkit import NatsServer
 
 PERIOD = 1.0
 #: Growth of a provider's resident memory an attack may cause (the flood tests send megabytes).
@@ -342,3 +345,73 @@ async def test_endless_empty_snapshot_chunks_do_not_hold_a_new_instance_in_repla
     assert "snapshot replay abandoned" in joiner.log_text()
     await joiner.client.set("works", "yes")
     assert (await joiner.client.get("works")).value == "yes"
+
+
+# ------------------------------------------------------------------ a connection closed for good
+async def _has_value(replica: Replica, key: str, value: str) -> None:
+    answer = await replica.client.get(key)
+    assert answer.exists and answer.value == value, (replica.name, key, answer)
+
+
+async def fatal_close_and_recover(
+    replicas: ReplicaSet,
+    workdir: Path,
+    values_for: Callable[[str], dict[str, str]],
+    rebuilt_log: str,
+    *,
+    big_write_fails: type[Exception] | None = None,
+) -> None:
+    """Make the replication server close A's connection in a way nats-py treats as fatal, then
+    prove that A rebuilds it and replicates both ways again.
+
+    The operator lowers ``max_payload`` on a running server (a config reload). A's client still
+    believes the old limit, so its next large message is a protocol violation: the server
+    closes the connection and nats-py ends in CLOSED instead of reconnecting. The lattice (RPC)
+    traffic runs on another server, so only replication is hit. Shared by both modes.
+    """
+    server = NatsServer(workdir / "replication-nats", jetstream=True)
+    server.start()
+    try:
+        values = values_for(server.url)
+        a, b = await replicas.start(replicas.add("a", values), replicas.add("b", values))
+        await a.client.set("before", "1")
+        await wait_converged(lambda: _has_value(b, "before", "1"))
+
+        server.extra_config = f"max_payload: {64 * 1024}"
+        server.write_config()
+        os.kill(server.pid, signal.SIGHUP)
+        await wait_converged(lambda: server.http_json("/varz")["max_payload"] == 64 * 1024)
+        big = "x" * (200 * 1024)
+        if big_write_fails is None:
+            await a.client.set("big", big)
+        else:
+            with pytest.raises(big_write_fails):
+                await a.client.set("big", big)
+
+        await wait_converged(lambda: rebuilt_log in a.log_text(), message="a rebuilt connection")
+
+        async def healthy() -> bool:  # notes (a lagging peer, say) may remain: not a failure
+            return (await a.health()).healthy
+
+        await wait_converged(healthy, message="a healthy again")
+        await a.client.set("after-a", "2")
+        await b.client.set("after-b", "3")
+        for replica in (a, b):
+            await wait_converged(lambda r=replica: _has_value(r, "after-a", "2"))
+            await wait_converged(lambda r=replica: _has_value(r, "after-b", "3"))
+            health = await replica.health()
+            assert health.healthy, f"{replica.name}: {health}"
+    finally:
+        server.kill()
+
+
+async def test_a_fatal_close_of_the_replication_connection_is_rebuilt(
+    replicas: ReplicaSet, tmp_path: Path
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    await fatal_close_and_recover(
+        replicas,
+        tmp_path,
+        lambda url: repl_values(url, tag),
+        "replication connection closed for good; rebuilding it",
+    )
