@@ -46,17 +46,15 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-# ``tests.harness`` is not installed: it is imported from the repository root.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from contract.client import KeyValueClient
 from contract.keyvalue import CONTRACT_ID, SetRequest, resolve_operation
 from contract.nkeys import KeyPair
 from contract.wire import RPC_QUEUE_GROUP, HostData, InvocationResponse, LinkDefinition, Subjects
-from tests.harness.natsserver import NatsServer
-from tests.harness.processes import ProviderProcess
+from wasmbus_testkit import NatsServer, ProviderProcess
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The provider exactly as a host starts it (the installed package, no arguments).
+PROVIDER_COMMAND = [sys.executable, "-m", "provider"]
 RESULTS_DIR = ROOT / "bench" / "results"
 LATTICE = "default"
 LINK_NAME = "default"
@@ -348,7 +346,9 @@ class Provider:
         self.key = KeyPair.generate("service").public_key
         self.subjects = Subjects(lattice.prefix, self.key, lattice.link_name)
         self.host_data = lattice.host_data(self.key, link_values)
-        self.proc = ProviderProcess(self.host_data.to_stdin_line(), log_dir=ws.dir, name=name)
+        self.proc = ProviderProcess(
+            self.host_data.to_stdin_line(), PROVIDER_COMMAND, log_dir=ws.dir, name=name
+        )
         self.started_wall: float | None = None
         ws.track(self.proc)
 

@@ -48,13 +48,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.harness
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # for common
 
 import common
 from common import Lattice, Provider, Workspace, closed, fmt, kv_payloads, print_table, ratio, sweep
 
-from tests.harness.proxy import DELIVERY_OPS, PAYLOAD_OPS, FaultProxy, Frame, Mode
+from wasmbus_testkit.faultproxy import DELIVERY_OPS, PAYLOAD_OPS, FaultProxy, Frame, Mode
 
 GOAL_REPLAY_KEYS_PER_SEC = 100_000
 GOAL_MEMORY_RATIO = 2.0

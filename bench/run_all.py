@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-BENCHMARKS = ("rpc.py", "replication.py", "jetstream.py")
+BENCHMARKS = ("rpc.py", "replication.py", "write_ack.py", "jetstream.py")
 
 
 def main() -> int:

@@ -46,6 +46,7 @@ from . import messages as m
 from .acks import AckTracker, report_late
 from .base import ReplicationHealth, health_grace_secs
 from .channel import SignedChannel
+from .clockguard import ClockGuard
 from .config import ReplicationConfig
 from .messages import Kind
 from .peers import PeerTracker, differing_buckets
@@ -66,13 +67,6 @@ REPLAY_MAX_DEADLINE_SECS = 600.0
 SETTLE_SECS = 0.05
 #: At most one early (gap-triggered) anti-entropy round per this many seconds.
 EARLY_ROUND_MIN_INTERVAL = 0.5
-#: A peer whose stamps we refuse hears about it at most once per this many seconds.
-CLOCK_NOTICE_INTERVAL = 1.0
-#: Clock refusals (ours and our peers') show in health this long after the last one.
-CLOCK_REPORT_SECS = 15.0
-#: Peers remembered as clock offenders (the longest-ago is forgotten first).
-MAX_CLOCK_OFFENDERS = 32
-
 #: A silently dead (blackholed) link is noticed after two unanswered pings (~6 s); the health
 #: grace counts from then.
 PING_INTERVAL_SECS = 2.0
@@ -120,11 +114,6 @@ class NatsReplicator:
         self._last_early_round = 0.0
         self._early_round_pending = False
         self._acks_due: dict[str, list[int]] = {}
-        #: Peers whose stamps we refused: node -> (ms ahead, when).
-        self._clock_offenders: dict[str, tuple[int, float]] = {}
-        #: Peers that told us they refuse our stamps: node -> (ms ahead, when).
-        self._refused_by: dict[str, tuple[int, float]] = {}
-        self._clock_notices: dict[str, float] = {}
         self.counters = {
             "batches_sent": 0,
             "changes_sent": 0,
@@ -139,6 +128,14 @@ class NatsReplicator:
             "snapshot_keys": 0,
         }
         self.channel = SignedChannel(trust, self.counters, log)
+        self.clock_guard = ClockGuard(
+            self.node,
+            config.max_clock_offset_ms,
+            clock=clock,
+            counters=self.counters,
+            log=log,
+            notify=self._send_clock_notice,
+        )
         self.last_anti_entropy: float | None = None
         self.lag_ms: float | None = None
         self.replay_seconds: float | None = None
@@ -305,8 +302,7 @@ class NatsReplicator:
             return
         if self.peers.saw_batch(message.node, message.seq, self._clock()):
             self._early_round()
-        for change in message.changes:
-            self.store.apply(change)
+        self.store.apply_many(message.changes, adopt=True)
         self.counters["changes_received"] += len(message.changes)
         if message.ack:
             self._queue_ack(message.node, message.seq)
@@ -338,27 +334,12 @@ class NatsReplicator:
         catches up (a 120 s fast peer made acknowledged writes vanish). The message is dropped
         whole, counted, shown in health, and the peer is told so it can report itself.
         """
-        ahead = m.ahead_ms(changes, wall_ms())
-        if ahead <= self.config.max_clock_offset_ms:
-            return True
-        now = self._clock()
-        self.counters["clock_refused"] += 1
-        first = peer not in self._clock_offenders
-        _remember(self._clock_offenders, peer, (ahead, now))
-        if first:
-            log.warning(
-                "refusing a peer's changes: its clock runs ahead of ours",
-                peer=peer,
-                ahead_ms=ahead,
-                max_clock_offset_ms=self.config.max_clock_offset_ms,
-            )
-        if now - self._clock_notices.get(peer, -CLOCK_NOTICE_INTERVAL) >= CLOCK_NOTICE_INTERVAL:
-            _remember(self._clock_notices, peer, now)
-            notice = m.encode(m.Message(Kind.CLOCK_REFUSED, self.node, ahead_ms=ahead))
-            self.supervisor.run_once(
-                "clock-notice", self.channel.publish(f"{self._direct_prefix}.{peer}", notice)
-            )
-        return False
+        return self.clock_guard.allows(peer, changes)
+
+    def _send_clock_notice(self, peer: str, notice: bytes) -> None:
+        self.supervisor.run_once(
+            "clock-notice", self.channel.publish(f"{self._direct_prefix}.{peer}", notice)
+        )
 
     # ------------------------------------------------------------------ anti-entropy
     async def _anti_entropy_forever(self) -> None:
@@ -468,7 +449,7 @@ class NatsReplicator:
         elif kind == Kind.ACK:
             self.acks.acked(message.node, message.acks)
         elif kind == Kind.CLOCK_REFUSED:
-            self._peer_refuses_our_clock(message.node, message.ahead_ms)
+            self.clock_guard.refused_by(message.node, message.ahead_ms)
         elif kind == Kind.REPAIR_REQUEST and msg.reply:
             body, count = exchange.repair_reply(self.store, self.node, message)
             self.counters["repair_changes_out"] += count
@@ -482,20 +463,8 @@ class NatsReplicator:
             with contextlib.suppress(Exception):
                 await self.channel.respond(msg, body)
 
-    def _peer_refuses_our_clock(self, peer: str, ahead_ms: int) -> None:
-        first = peer not in self._refused_by
-        _remember(self._refused_by, peer, (ahead_ms, self._clock()))
-        if first:
-            log.error(
-                "a peer refuses this instance's writes: our clock runs ahead of it",
-                peer=peer,
-                ahead_ms=ahead_ms,
-                max_clock_offset_ms=self.config.max_clock_offset_ms,
-            )
-
     def _apply_all(self, changes: list[Change], counter: str) -> None:
-        for change in changes:
-            self.store.apply(change)
+        self.store.apply_many(changes, adopt=True)
         self.counters[counter] += len(changes)
 
     # ------------------------------------------------------------------ snapshot replay
@@ -552,47 +521,63 @@ class NatsReplicator:
             self.replay_seconds = time.perf_counter() - started
 
     async def _pull_snapshot(self, peer: str, expected: int, started: float) -> None:
+        """Pull and merge the peer's snapshot chunk by chunk, one request ahead.
+
+        The next chunk is requested before this one is merged, so the peer builds, signs and
+        sends it while we merge: on two cores both sides work at once instead of taking turns.
+        """
         bucket, offset, merged, last_log = 0, 0, 0, started
         subject = f"{self._direct_prefix}.{peer}"
         # Every chunk but the last carries at least one key, and keys written meanwhile may
         # add some: more chunks than this means the peer is not making progress.
         max_chunks = 2 * expected + BUCKETS + 64
-        for _ in range(max_chunks):
-            if self._stopping:  # a stop that raced with a reply must still end the replay
-                raise asyncio.CancelledError
-            pull = m.encode(
-                m.Message(Kind.SNAPSHOT_PULL, self.node, buckets=[bucket], offset=offset)
-            )
-            reply = await self.channel.request(subject, pull, timeout=REQUEST_TIMEOUT)
-            chunk = self.channel.open(reply, (Kind.SNAPSHOT_CHUNK,))
-            if chunk is None or chunk.node != peer:
-                raise ReplayStalled("the peer sent an invalid snapshot chunk")
-            if not self._clock_allows(peer, chunk.changes):
-                raise ReplayStalled("the peer's snapshot carries stamps from the future")
-            for change in chunk.changes:
-                self.store.apply(change)
-            merged += len(chunk.changes)
-            self.counters["snapshot_keys"] = merged
-            now = time.perf_counter()
-            if now - last_log >= 1.0:
-                last_log = now
-                rate = merged / (now - started)
-                eta = max(expected - merged, 0) / rate if rate else None
-                log.info(
-                    "replay progress",
-                    merged=merged,
-                    keys_per_sec=int(rate),
-                    eta_secs=None if eta is None else round(eta, 1),
-                )
-            if chunk.end:
-                elapsed = time.perf_counter() - started
-                log.info("replay complete", keys=merged, seconds=round(elapsed, 3))
-                return
-            cursor = (chunk.buckets[0], chunk.offset)
-            if not chunk.changes or cursor <= (bucket, offset):
-                raise ReplayStalled("the snapshot cursor did not advance")
-            bucket, offset = cursor
-        raise ReplayStalled(f"more chunks than an offer of {expected} keys needs")
+        pending = asyncio.ensure_future(self._request_chunk(subject, bucket, offset))
+        try:
+            for pulled in range(1, max_chunks + 1):
+                if self._stopping:  # a stop that raced with a reply must still end the replay
+                    raise asyncio.CancelledError
+                reply = await pending
+                chunk = self.channel.open(reply, (Kind.SNAPSHOT_CHUNK,))
+                if chunk is None or chunk.node != peer:
+                    raise ReplayStalled("the peer sent an invalid snapshot chunk")
+                if not self._clock_allows(peer, chunk.changes):
+                    raise ReplayStalled("the peer's snapshot carries stamps from the future")
+                cursor = None if chunk.end else (chunk.buckets[0], chunk.offset)
+                advanced = cursor is not None and bool(chunk.changes) and cursor > (bucket, offset)
+                if advanced and pulled < max_chunks and not self._stopping:
+                    pending = asyncio.ensure_future(self._request_chunk(subject, *cursor))
+                    # Two loop turns: one signs and queues the pull, one lets nats-py's flusher
+                    # write it. Without them it would leave only after the merge below.
+                    await asyncio.sleep(0)
+                    await asyncio.sleep(0)
+                self.store.apply_many(chunk.changes, adopt=True)
+                merged += len(chunk.changes)
+                self.counters["snapshot_keys"] = merged
+                now = time.perf_counter()
+                if now - last_log >= 1.0:
+                    last_log = now
+                    rate = merged / (now - started)
+                    eta = max(expected - merged, 0) / rate if rate else None
+                    log.info(
+                        "replay progress",
+                        merged=merged,
+                        keys_per_sec=int(rate),
+                        eta_secs=None if eta is None else round(eta, 1),
+                    )
+                if chunk.end:
+                    elapsed = time.perf_counter() - started
+                    log.info("replay complete", keys=merged, seconds=round(elapsed, 3))
+                    return
+                if not advanced:
+                    raise ReplayStalled("the snapshot cursor did not advance")
+                bucket, offset = cursor
+            raise ReplayStalled(f"more chunks than an offer of {expected} keys needs")
+        finally:
+            _drop_pending(pending)
+
+    async def _request_chunk(self, subject: str, bucket: int, offset: int) -> Msg:
+        pull = m.encode(m.Message(Kind.SNAPSHOT_PULL, self.node, buckets=[bucket], offset=offset))
+        return await self.channel.request(subject, pull, timeout=REQUEST_TIMEOUT)
 
     # ------------------------------------------------------------------ health & status
     def health(self) -> ReplicationHealth:
@@ -605,23 +590,14 @@ class NatsReplicator:
                     f"replication to {redact_url(self.config.nats_url)} down for {down_for:.0f}s; "
                     "serving local state, which may be stale",
                 )
-        refusing = _recent(self._refused_by, now)
-        if refusing:
-            peer, (ahead, _) = refusing[0]
-            return ReplicationHealth(
-                False,
-                f"peers refuse this instance's writes: its clock runs {ahead} ms ahead of peer "
-                f"{peer} (MAX_CLOCK_OFFSET_MS={self.config.max_clock_offset_ms}); fix time sync",
-            )
+        refused = self.clock_guard.problem()
+        if refused:
+            return ReplicationHealth(False, refused)
         crashed = self.supervisor.problem()
         if crashed:
             return ReplicationHealth(False, crashed)
         notes = ["replaying"] if self._replaying else []
-        for peer, (ahead, _) in _recent(self._clock_offenders, now):
-            notes.append(
-                f"refusing changes from peer {peer}: its clock runs {ahead} ms ahead "
-                f"(MAX_CLOCK_OFFSET_MS={self.config.max_clock_offset_ms})"
-            )
+        notes += self.clock_guard.notes()
         lagging = self.acks.lagging_note()
         if lagging:
             notes.append(lagging)
@@ -638,8 +614,8 @@ class NatsReplicator:
             "peers": [p.node for p in self.peers.live(now)],
             "lagging_peers": sorted(self.acks.lagging),
             "ack_timeouts": self.acks.timeouts,
-            "clock_offenders": [peer for peer, _ in _recent(self._clock_offenders, now)],
-            "refused_by": [peer for peer, _ in _recent(self._refused_by, now)],
+            "clock_offenders": self.clock_guard.offenders(),
+            "refused_by": self.clock_guard.refusers(),
             "last_anti_entropy": self.last_anti_entropy,
             "replay_seconds": self.replay_seconds,
             "lag_ms": None if self.lag_ms is None else round(self.lag_ms, 2),
@@ -677,13 +653,10 @@ _DIRECT_KINDS = (
 )
 
 
-def _remember(table: dict, key: str, value: object) -> None:
-    """Set ``table[key]``, keeping at most :data:`MAX_CLOCK_OFFENDERS` (oldest go first)."""
-    table.pop(key, None)
-    table[key] = value
-    while len(table) > MAX_CLOCK_OFFENDERS:
-        del table[next(iter(table))]
-
-
-def _recent(table: dict[str, tuple[int, float]], now: float) -> list[tuple[str, tuple[int, float]]]:
-    return [(peer, entry) for peer, entry in table.items() if now - entry[1] <= CLOCK_REPORT_SECS]
+def _drop_pending(request: asyncio.Future) -> None:
+    """Abandon a request sent ahead that the replay no longer needs, without asyncio warning
+    that its error (a timeout, say) was never retrieved."""
+    if not request.done():
+        request.cancel()
+    elif not request.cancelled():
+        request.exception()

@@ -58,6 +58,12 @@ class Trust:
     trusted: frozenset[bytes]
     #: Public nkeys of :attr:`trusted`, for messages that name a refused signer.
     trusted_keys: tuple[str, ...] = ()
+    #: Our raw 32-byte public key, put in every envelope: decoded once here, because decoding
+    #: the nkey (base32 and a CRC) per message cost a third of sealing one.
+    raw_signer: bytes = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "raw_signer", decode_public_key(self.signer.public_key)[1])
 
     @classmethod
     def from_host(cls, invocation_seed: str, cluster_issuers: Iterable[str]) -> Trust:
@@ -86,10 +92,6 @@ class Trust:
     def signs_as_trusted(self) -> bool:
         """Whether our own key is one we accept (else peers of this lattice refuse us too)."""
         return self.raw_signer in self.trusted
-
-    @property
-    def raw_signer(self) -> bytes:
-        return decode_public_key(self.signer.public_key)[1]
 
 
 def _signed_bytes(signer: bytes, binding: bytes, body: bytes) -> bytes:

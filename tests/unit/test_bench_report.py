@@ -6,6 +6,7 @@ a looser "name + rows" file; the CLI runs as a user runs it, then the PNGs are o
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from PIL import Image
 
 from provider.cli.bench_report import read_file, unit_of
-from tests.harness.processes import REPO_ROOT
+from tests.harness.repo import REPO_ROOT
 
 CLI = [sys.executable, "-m", "provider.cli.main", "bench-report"]
 
@@ -173,3 +174,41 @@ def test_cli_without_results(tmp_path: Path) -> None:
     empty = report("--results", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), cwd=tmp_path)
     assert empty.returncode == 1 and "no usable" in empty.stderr
     assert not (tmp_path / "o").exists()
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, timeout=30)
+
+
+def test_committed_report_is_what_the_committed_results_produce(tmp_path: Path) -> None:
+    """``make bench-report`` on a fresh clone must not change ``docs/bench``: the committed
+    index (and its set of charts) is what the committed ``bench/results`` render to. Both are
+    read from HEAD, not the working tree, so a regeneration in progress (results written,
+    charts not yet) does not fail this; PNG bytes are not compared (fonts, matplotlib versions)."""
+    if _git("rev-parse", "--verify", "HEAD").returncode != 0:
+        pytest.skip("not a git checkout")
+    pytest.importorskip("matplotlib")
+    listed = _git("ls-tree", "--name-only", "HEAD", "bench/results/", "docs/bench/")
+    names = listed.stdout.decode().split()
+    results = tmp_path / "results"
+    results.mkdir()
+    for name in (n for n in names if n.startswith("bench/results/") and n.endswith(".json")):
+        (results / Path(name).name).write_bytes(_git("show", f"HEAD:{name}").stdout)
+    committed_charts = sorted(Path(n).name for n in names if n.endswith(".png"))
+    committed_index = _git("show", "HEAD:docs/bench/index.md").stdout.decode()
+
+    out = tmp_path / "out"
+    result = report("--results", str(results), "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    hint = "run `make bench-report` and commit docs/bench together with bench/results"
+    rendered = (out / "index.md").read_text(encoding="utf-8")
+    if rendered != committed_index:
+        diff = difflib.unified_diff(
+            committed_index.splitlines(),
+            rendered.splitlines(),
+            "committed",
+            "rendered",
+            lineterm="",
+        )
+        pytest.fail(f"docs/bench/index.md is stale ({hint}):\n" + "\n".join(diff))
+    assert sorted(p.name for p in out.glob("*.png")) == committed_charts, hint
