@@ -1,4 +1,4 @@
-"""``Increment`` against a real ``redis-server``: the same integers accepted, the same answers.
+"""The keyvalue operations against a real ``redis-server``: the same answers, the same errors.
 
 The contract says ``Increment`` is Redis' ``INCRBY`` (keyvalue-contract §4), and actors ported
 from ``kvredis`` rely on Redis' parsing: ``0`` or an optional ``-`` and a non-zero leading
@@ -8,11 +8,16 @@ can share a misreading with the parser it checks, so here the reference is Redis
 CPython 3.11 and 3.12, which is why the test extra installs it only there and this module skips
 elsewhere).
 
-For each stored text and delta, the provider and Redis both get ``SET key text``, ``INCRBY key
-delta`` (``Increment``), ``GET key``. The one difference the contract adds is its i32 result:
-where Redis answers a result outside i32, the provider answers the overflow error and keeps the
-value (README, "Semantics"). Everything else must match exactly: accepted or refused, the error
-text, the result, and the value left behind.
+Two parts. ``Increment`` in depth: for each stored text and delta, the provider and Redis both
+get ``SET key text``, ``INCRBY key delta`` (``Increment``), ``GET key``. The one difference the
+contract adds is its i32 result: where Redis answers a result outside i32, the provider answers
+the overflow error and keeps the value (README, "Semantics"). Everything else must match
+exactly: accepted or refused, the error text, the result, and the value left behind.
+
+Then all 15 operations: random sequences over a few colliding keys, so that types clash
+(a list where a string was, a set intersected with a missing key), applied to both sides
+through each operation's kvredis command (keyvalue-contract §4); every answer and every error
+class must match.
 """
 
 from __future__ import annotations
@@ -224,3 +229,136 @@ def test_increment_matches_redis_on_generated_input(
     real_redis: RedisSide, provider: ProviderSide, stored: str | None, delta: int
 ) -> None:
     check_same(real_redis, provider, stored, delta)
+
+
+# ------------------------------------------------------------------ all 15 operations
+
+KEYS = ["diff:a", "diff:b", "diff:c"]
+VALUES = ["x", "y", "1", "-2", "007"]
+
+
+def _error_class(text: str) -> str:
+    """What kind of refusal an error text is; the texts differ only in prefixes here."""
+    for marker, kind in (
+        ("WRONGTYPE", "WRONGTYPE"),
+        ("not an integer", "NOT-AN-INTEGER"),
+        ("overflow", "OVERFLOW"),
+    ):
+        if marker in text:
+            return kind
+    return f"OTHER: {text}"
+
+
+def _on_redis(client: Any, op: tuple[Any, ...]) -> object:
+    """One operation as kvredis runs it, answered as the contract's reply would decode."""
+    name, key, *args = op
+    if name == "Get":
+        value = client.get(key)
+        return (False, "") if value is None else (True, value.decode())
+    if name == "Set":
+        value, expires = args
+        client.set(key, value, ex=expires or None)  # SETEX when expires > 0
+        return None
+    if name in ("Del", "ListClear", "SetClear"):
+        return client.delete(key) == 1
+    if name == "Contains":
+        return client.exists(key) == 1
+    if name == "Increment":
+        return client.incrby(key, args[0])
+    if name == "ListAdd":
+        return client.rpush(key, args[0])
+    if name == "ListDel":
+        return client.lrem(key, 1, args[0]) == 1
+    if name == "ListRange":
+        return [item.decode() for item in client.lrange(key, *args)]
+    if name == "SetAdd":
+        return client.sadd(key, args[0])
+    if name == "SetDel":
+        return client.srem(key, args[0])
+    if name == "SetQuery":
+        return sorted(member.decode() for member in client.smembers(key))
+    # SetUnion / SetIntersection: ``key`` is the list of names; Redis refuses an empty list,
+    # where the contract recommends [] (keyvalue-contract §4).
+    if not key:
+        return []
+    combine = client.sunion if name == "SetUnion" else client.sinter
+    return sorted(member.decode() for member in combine(key))
+
+
+async def _on_provider(kv: Any, op: tuple[Any, ...]) -> object:
+    name, key, *args = op
+    if name == "Get":
+        answer = await kv.get(key)
+        return (answer.exists, answer.value)
+    if name == "Set":
+        return await kv.set(key, *args)
+    calls = {
+        "Del": kv.delete,
+        "ListClear": kv.list_clear,
+        "SetClear": kv.set_clear,
+        "Contains": kv.contains,
+        "Increment": kv.increment,
+        "ListAdd": kv.list_add,
+        "ListDel": kv.list_del,
+        "ListRange": kv.list_range,
+        "SetAdd": kv.set_add,
+        "SetDel": kv.set_del,
+    }
+    if name in calls:
+        return await calls[name](key, *args)
+    if name == "SetQuery":
+        return sorted(await kv.set_query(key))
+    combine = kv.set_union if name == "SetUnion" else kv.set_intersection
+    return sorted(await combine(key))
+
+
+def _answer(run: Any) -> object:
+    try:
+        return ("ok", run())
+    except redis.ResponseError as error:
+        return ("error", _error_class(str(error)))
+
+
+KEY_ = st.sampled_from(KEYS)
+VALUE = st.sampled_from(VALUES)
+INDEX = st.integers(min_value=-4, max_value=4)
+OPERATION = st.one_of(
+    st.tuples(st.just("Get"), KEY_),
+    st.tuples(st.just("Set"), KEY_, VALUE, st.sampled_from([0, 0, 1000])),
+    st.tuples(st.sampled_from(["Del", "Contains", "ListClear", "SetClear", "SetQuery"]), KEY_),
+    st.tuples(st.just("Increment"), KEY_, st.integers(min_value=-5, max_value=5)),
+    st.tuples(st.sampled_from(["ListAdd", "ListDel", "SetAdd", "SetDel"]), KEY_, VALUE),
+    st.tuples(st.just("ListRange"), KEY_, INDEX, INDEX),
+    st.tuples(
+        st.sampled_from(["SetUnion", "SetIntersection"]), st.lists(KEY_, min_size=0, max_size=3)
+    ),
+)
+
+
+@settings(
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(ops=st.lists(OPERATION, min_size=1, max_size=25))
+def test_random_sequences_of_all_operations_match_redis(
+    real_redis: RedisSide, provider: ProviderSide, ops: list[tuple[Any, ...]]
+) -> None:
+    """Every answer, in order, is what Redis answers; every refusal is of the same class."""
+    real_redis.client.delete(*KEYS)
+    expected = [_answer(lambda op=op: _on_redis(real_redis.client, op)) for op in ops]
+    got = provider.loop.run(_provider_sequence(provider.host.kv, ops))
+    for index, (op, ours, theirs) in enumerate(zip(ops, got, expected, strict=True)):
+        assert ours == theirs, f"step {index} {op}: provider {ours}, redis {theirs}\nops: {ops}"
+
+
+async def _provider_sequence(kv: Any, ops: list[tuple[Any, ...]]) -> list[object]:
+    for key in KEYS:
+        await kv.delete(key)
+    answers: list[object] = []
+    for op in ops:
+        try:
+            answers.append(("ok", await _on_provider(kv, op)))
+        except KeyValueError as error:
+            answers.append(("error", _error_class(str(error))))
+    return answers
