@@ -49,6 +49,7 @@ from provider.cli.lattice import (
     metrics_url,
 )
 from provider.cli.status import collect_statuses
+from provider.observe.status import InstanceStatus
 
 STATUS_INTERVAL = 5.0
 MAX_RESTARTS = 5
@@ -295,7 +296,7 @@ def _health_label(report: HealthReport, live: int) -> str:
     return "mixed"
 
 
-def instance_line(instance: Instance, doc: dict[str, Any] | None, fallback: str) -> str:
+def instance_line(instance: Instance, doc: InstanceStatus | None, fallback: str) -> str:
     """One compact line: pid, leaf port, health, entries, peers, calls, errors, p99, metrics."""
     proc = instance.proc
     pid = proc.pid if proc else "-"
@@ -311,16 +312,13 @@ def instance_line(instance: Instance, doc: dict[str, Any] | None, fallback: str)
     if doc is None:
         parts.append(fallback)
     else:
-        ops = (doc.get("operations") or {}).values()
-        peers = len((doc.get("replication") or {}).get("peers") or [])
-        p99 = max((o.get("p99_ms", 0) for o in ops), default=0)
         parts += [
-            f"{'healthy' if doc.get('healthy') else 'UNHEALTHY':<9}",
-            f"keys {doc.get('entries', 0):<5}",
-            f"peers {peers:<2}",
-            f"calls {sum(o.get('calls', 0) for o in ops):<5}",
-            f"err {sum(o.get('errors', 0) for o in ops):<4}",
-            f"p99 {p99:.1f}ms" if isinstance(p99, int | float) else "p99 -",
+            f"{'healthy' if doc.healthy else 'UNHEALTHY':<9}",
+            f"keys {doc.entries:<5}",
+            f"peers {len(doc.replication.peers):<2}",
+            f"calls {doc.calls:<5}",
+            f"err {doc.errors:<4}",
+            f"p99 {doc.worst_p99_ms:.1f}ms",
         ]
     if instance.restarts:
         parts.append(f"restarted {instance.restarts}x")
@@ -330,13 +328,13 @@ def instance_line(instance: Instance, doc: dict[str, Any] | None, fallback: str)
 
 
 def render_status(
-    lattice: DevLattice, report: HealthReport, docs: list[dict[str, Any]] | None = None
+    lattice: DevLattice, report: HealthReport, docs: list[InstanceStatus] | None = None
 ) -> tuple[str, list[str]]:
     """``(header, lines)``: one header and one line per instance, then any health messages."""
     live = len(lattice.live_instances())
     label = _health_label(report, live)
     nats_pid = lattice.hub.pid or "-"
-    by_id = {str(d.get("instance")): d for d in docs or []}
+    by_id = {d.instance: d for d in docs or []}
     down = sum(1 for i in lattice.instances if i.state == "down")
     healthy = min(report.healthy, live)  # one may have died while the probe was out
     header = f"nats-server pid {nats_pid} | {healthy} of {live} running instance(s) healthy"
@@ -345,8 +343,8 @@ def render_status(
     lines = [instance_line(i, by_id.get(i.instance_id), label) for i in lattice.instances]
     lines.extend(f"  unhealthy: {message}" for message in report.messages)
     for doc in docs or []:
-        if doc.get("message"):
-            lines.append(f"  {str(doc.get('instance'))[:8]}: {doc['message']}")
+        if doc.message:
+            lines.append(f"  {doc.instance[:8]}: {doc.message}")
     return header, lines
 
 
@@ -548,9 +546,10 @@ class Session:
     async def _show_status(self) -> None:
         lattice = self.lattice
         report = await lattice.probe_health(window=1.0)
-        docs: list[dict[str, Any]] = []
+        docs: list[InstanceStatus] = []
         if lattice.nc is not None and lattice.nc.is_connected:
-            docs = await collect_statuses(lattice.nc, window=0.5)
+            found = await collect_statuses(lattice.nc, window=0.5)
+            docs = [InstanceStatus.from_dict(doc) for doc in found]
         self.display.show(*render_status(lattice, report, docs))
 
 
