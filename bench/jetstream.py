@@ -31,14 +31,15 @@ import asyncio
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for provider
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for common
+from orchestra import DriverProcess, Lattice, Provider, Workspace, log_time
+from procfs import wait_child
+from runtime import check_clock, fill_defaults
+from specs import closed, driver_spec, kv_payloads, kv_phase
+from stats import finish, fmt, median, print_table, ratio
 
-import common
-from common import Lattice, Provider, Workspace, closed, fmt, kv_phase, median, print_table, ratio
+from wasmbus_testkit import NatsServer
 
 KEYS = 1000
 INFLIGHT = 64
@@ -60,25 +61,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--keys", help="(c) stream sizes, comma-separated")
     parser.add_argument("--replay-runs", type=int, help="(c) provider start-ups per size")
     args = parser.parse_args()
-    if args.quick:
-        defaults = {
+    fill_defaults(
+        args,
+        quick={
             "seconds": 0.4,
             "rounds": 1,
             "payloads": 1500,
             "keys": "5000,20000",
             "replay_runs": 1,
-        }
-    else:
-        defaults = {
+        },
+        full={
             "seconds": 2.0,
             "rounds": 3,
             "payloads": 12000,
             "keys": "20000,100000",
             "replay_runs": 3,
-        }
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+        },
+    )
     args.parts = {p.strip() for p in args.only.split(",") if p.strip()}
     args.sizes = [int(x) for x in str(args.keys).split(",")]
     return args
@@ -89,24 +88,22 @@ def js_link(url: str, cache_prefix: str) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------ a, b: throughput
-def run_throughput(
-    args: argparse.Namespace, ws: Workspace, url: str, server_pid: int
-) -> dict[str, Any]:
-    lattice = Lattice(url, prefix="jsbench")
-    provider = Provider(ws, lattice, "provider", js_link(url, "jsbench")).start()
+def run_throughput(args: argparse.Namespace, ws: Workspace, server: NatsServer) -> dict[str, Any]:
+    lattice = Lattice(server, prefix="jsbench")
+    provider = Provider(ws, lattice, "provider", js_link(server.url, "jsbench")).start()
     provider.wait_ready()
     provider.wait_log("stream replay complete")
     cpu = {
-        "nats-server": server_pid,
+        "nats-server": server.pid,
         "provider": provider.proc.pid,
-        "verify-worker": common.wait_child(provider.proc.pid),
+        "verify-worker": wait_child(provider.proc.pid),
     }
     secs, n = args.seconds, args.payloads
-    keys = {"key_fmt": "bench:{i}", "key_count": KEYS, "value_size": 32}
+    keys: dict[str, Any] = {"key_fmt": "bench:{i}", "key_count": KEYS, "value_size": 32}
     kv = {"key_count": KEYS, "value_size": 32}
     payloads = {
-        "set": common.kv_payloads(provider, "Set", count=n, **keys),
-        "get": common.kv_payloads(provider, "Get", count=n, **keys),
+        "set": kv_payloads(provider, "Set", count=n, **keys),
+        "get": kv_payloads(provider, "Get", count=n, **keys),
     }
     # Warm-up: creates every key on both sides (so every Get hits) and warms the code paths.
     phases = [
@@ -127,8 +124,8 @@ def run_throughput(
             closed(f"provider get #{r}", provider.rpc, "get", INFLIGHT, secs, cpu_pids=cpu),
             kv_phase(f"kv get #{r}", BUCKET, "get", INFLIGHT, secs, cpu_pids=cpu, **kv),
         ]
-    spec = {"url": url, "identity": lattice.driver_identity(), "payloads": payloads}
-    driven = common.DriverProcess(ws, {**spec, "phases": phases}).run(timeout=300)
+    spec = driver_spec(server.url, phases, identity=lattice.driver_identity(), payloads=payloads)
+    driven = DriverProcess(ws, spec).run(timeout=300)
     by_name = {p["name"]: p for p in driven["phases"]}
     provider.kill()
     results = {}
@@ -207,16 +204,18 @@ def _cpu_median(briefs: list[dict[str, Any]]) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------ c: replay
-async def fill_stream(url: str, cache_prefix: str, count: int) -> dict[str, Any]:
-    """Create the provider's stream (its own settings) and put ``count`` records in it."""
+async def fill_stream(lattice: Lattice, count: int) -> dict[str, Any]:
+    """Create the provider's stream (its own settings, the lattice's prefix as cache prefix)
+    and put ``count`` records in it."""
     import nats
 
     from provider.replication.config import ReplicationConfig
     from provider.replication.jetstream import encode_record, key_token, stream_settings
     from provider.store import KeyValueStore
 
+    url = lattice.server.url
     config = ReplicationConfig.from_values(
-        js_link(url, cache_prefix), lattice_prefix=cache_prefix, link_name=common.LINK_NAME
+        js_link(url, lattice.prefix), lattice_prefix=lattice.prefix, link_name=lattice.link_name
     )
     settings = stream_settings(config)
     prefix = settings.subjects[0][:-1]  # "lc.{prefix}."
@@ -276,15 +275,16 @@ async def _stream_reaches(js: Any, stream: str, messages: int, stall: float = 1.
     return False
 
 
-def run_replay(args: argparse.Namespace, ws: Workspace, url: str) -> dict[str, Any]:
+def run_replay(args: argparse.Namespace, ws: Workspace, server: NatsServer) -> dict[str, Any]:
+    url = server.url
     runs = []
     for size in args.sizes:
         prefix = f"replay{size}"
-        filled = asyncio.run(fill_stream(url, prefix, size))
+        lattice = Lattice(server, prefix=prefix)
+        filled = asyncio.run(fill_stream(lattice, size))
         timeout = 30 + size / 2000
         read = {"kind": "stream_read", "stream": filled["stream"], "subject": filled["subject"]}
         raw_before = _raw_read(ws, url, read, f"raw{size}-before", timeout)
-        lattice = Lattice(url, prefix=prefix)
         starts = []
         for attempt in range(args.replay_runs):  # one provider at a time, each from scratch
             p = Provider(ws, lattice, f"replay{size}-{attempt}", js_link(url, prefix)).start()
@@ -326,7 +326,7 @@ def _replay_figures(p: Provider, event: dict[str, Any], size: int) -> dict[str, 
     if event["keys"] != size:
         raise RuntimeError(f"{p.name} replayed {event['keys']} keys, the stream holds {size}")
     seconds = event["seconds"]
-    end_to_end = common.log_time(event) - (p.started_wall or 0)
+    end_to_end = log_time(event) - (p.started_wall or 0)
     return {
         "replay_seconds": seconds,
         "keys_per_sec": round(size / seconds) if seconds else None,
@@ -337,13 +337,8 @@ def _replay_figures(p: Provider, event: dict[str, Any], size: int) -> dict[str, 
 def _raw_read(
     ws: Workspace, url: str, phase: dict[str, Any], name: str, timeout: float
 ) -> dict[str, Any]:
-    spec = {
-        "url": url,
-        "identity": {},
-        "payloads": {},
-        "phases": [{**phase, "name": name, "timeout": timeout}],
-    }
-    result = common.DriverProcess(ws, spec, name=name).run(timeout=timeout + 30)["phases"][0]
+    spec = driver_spec(url, [{**phase, "name": name, "timeout": timeout}])
+    result = DriverProcess(ws, spec, name=name).run(timeout=timeout + 30)["phases"][0]
     if result["received"] < result["expected"] or result["seconds"] is None:
         raise RuntimeError(f"{name}: read {result['received']} of {result['expected']}")
     return {k: result[k] for k in ("expected", "received", "seconds", "msgs_per_sec")}
@@ -424,26 +419,24 @@ def report(results: dict[str, Any]) -> None:
 def main() -> int:
     args = parse_args()
     started = time.monotonic()
-    common.check_clock()
+    check_clock()
     results: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     with Workspace("jetstream") as ws:
         server = ws.start_nats(jetstream=True)
         mark = time.monotonic()
         if args.parts & {"a", "b"}:
-            results |= run_throughput(args, ws, server.url, server.pid)
+            results |= run_throughput(args, ws, server)
             seconds["a,b"], mark = round(time.monotonic() - mark, 1), time.monotonic()
         if "c" in args.parts:
-            results["c_replay"] = run_replay(args, ws, server.url)
+            results["c_replay"] = run_replay(args, ws, server)
             seconds["c"] = round(time.monotonic() - mark, 1)
     results["part_seconds"] = seconds
     report(results)
     name = (
         "jetstream" if args.parts >= {"a", "b", "c"} else f"jetstream-{''.join(sorted(args.parts))}"
     )
-    path = common.write_results(name, results, quick=args.quick, started=started)
-    print(f"\nresults: {path.relative_to(common.ROOT)} ({time.monotonic() - started:.1f} s)")
-    return 0
+    return finish(name, results, quick=args.quick, started=started)
 
 
 if __name__ == "__main__":

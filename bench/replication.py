@@ -45,14 +45,15 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # for common
+from driver import build_payloads
+from orchestra import DriverProcess, Lattice, Provider, Workspace, log_time, start_sink
+from runtime import check_clock, fill_defaults, run_async
+from specs import closed, driver_spec, kv_payloads, sweep
+from stats import finish, fmt, print_table, ratio
 
-import common
-from common import Lattice, Provider, Workspace, closed, fmt, kv_payloads, print_table, ratio, sweep
-
+from wasmbus_testkit import HOST, NatsServer
 from wasmbus_testkit.faultproxy import DELIVERY_OPS, PAYLOAD_OPS, FaultProxy, Frame, Mode
 
 GOAL_REPLAY_KEYS_PER_SEC = 100_000
@@ -78,13 +79,15 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--role", choices=("seeder", "memory"), help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    parser.add_argument("--link-name", help=argparse.SUPPRESS)
     parser.add_argument("--mode", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--tracemalloc", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--prebuilt", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.quick:
-        defaults = {
+    fill_defaults(
+        args,
+        quick={
             "rate": 100,
             "seconds": 1.0,
             "writes": 2000,
@@ -92,19 +95,16 @@ def parse_args() -> argparse.Namespace:
             "memory_keys": 20_000,
             "ae_keys": 1000,
             "ae_heartbeat": 1.0,  # a smoke run cannot wait for the default 5 s period
-        }
-    else:
-        defaults = {
+        },
+        full={
             "rate": 200,
             "seconds": 10.0,
             "writes": 20_000,
             "keys": "100000,1000000",
             "memory_keys": 1_000_000,
             "ae_keys": 10_000,
-        }
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+        },
+    )
     args.parts = {p.strip() for p in args.only.split(",") if p.strip()}
     args.sizes = [int(x) for x in str(args.keys).split(",")]
     return args
@@ -157,10 +157,10 @@ def _diff(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
     return {k: v - before.get(k, 0) for k, v in sorted(after.items()) if v - before.get(k, 0)}
 
 
-def run_live(args: argparse.Namespace, ws: Workspace, server: Any) -> dict[str, Any]:
+def run_live(args: argparse.Namespace, ws: Workspace, server: NatsServer) -> dict[str, Any]:
     """Parts a, b and e: one driver run (one signing pass) against two replicating pairs."""
     url = server.url
-    lattice = Lattice(url)
+    lattice = Lattice(server)
     want = args.parts & {"a", "b", "e"}
     a = Provider(ws, lattice, "a", {"NATS_URL": url}).start()
     b = Provider(ws, lattice, "b", {"NATS_URL": url}).start()
@@ -168,11 +168,10 @@ def run_live(args: argparse.Namespace, ws: Workspace, server: Any) -> dict[str, 
     if "e" in want:
         # A second pair in its own lattice (so with its own replication subjects): the proxy
         # never sits in the path that (a) and (b) measure.
-        lattice_e = Lattice(url, prefix="faults")
-        lattice_e.cluster, lattice_e.actor = lattice.cluster, lattice.actor  # one identity
+        lattice_e = Lattice(server, prefix="faults", keys=lattice.keys)  # one identity
         base = f"kvcache.faults.{lattice.link_name}"
         proxy = CountingProxy(
-            "127.0.0.1",
+            HOST,
             server.port,
             subjects={
                 f"{base}.events.digest": "digest",
@@ -227,7 +226,7 @@ def run_live(args: argparse.Namespace, ws: Workspace, server: Any) -> dict[str, 
             "tp_sentinel_get": kv_payloads(b, "Get", "tp:sentinel{i}", 1),
             "tp_sample": kv_payloads(b, "Get", "tp:{i}", n // step, key_step=step),
         }
-        sink = common.start_sink(ws, url, "bench.raw", n, "bench.raw.done")
+        sink = start_sink(ws, url, "bench.raw", n, "bench.raw.done")
         raw = {
             "kind": "pubsub",
             "subject": "bench.raw",
@@ -267,13 +266,8 @@ def run_live(args: argparse.Namespace, ws: Workspace, server: Any) -> dict[str, 
             marks["t_heal"] = time.perf_counter()
             marks["at_heal"] = proxy.snapshot()
 
-    spec = {
-        "url": url,
-        "identity": lattice.driver_identity(),
-        "payloads": payloads,
-        "phases": phases,
-    }
-    driven = common.DriverProcess(ws, spec, on_barrier=on_barrier).run(timeout=240)
+    spec = driver_spec(url, phases, identity=lattice.driver_identity(), payloads=payloads)
+    driven = DriverProcess(ws, spec, on_barrier=on_barrier).run(timeout=240)
     if sink is not None:
         sink.kill()
     by_name = {p["name"]: p for p in driven["phases"]}
@@ -291,7 +285,7 @@ def run_live(args: argparse.Namespace, ws: Workspace, server: Any) -> dict[str, 
 
 
 def _invocation_size(lattice: Lattice, provider_key: str) -> int:
-    payload = common._build_payloads(
+    payload = build_payloads(
         lattice.driver_identity(),
         {"provider_key": provider_key, "op": "Set", "key_fmt": "tp:{i}", "count": 1},
     )
@@ -415,7 +409,7 @@ async def _seeder_main(args: argparse.Namespace) -> None:
     for i in range(args.count):
         store.set(f"user:{i}:session", f"{i:032x}")
     config = ReplicationConfig.from_values(
-        {"NATS_URL": args.url}, lattice_prefix=args.prefix, link_name=common.LINK_NAME
+        {"NATS_URL": args.url}, lattice_prefix=args.prefix, link_name=args.link_name
     )
     replicator = NatsReplicator(store, config, trust)
     await replicator.start()
@@ -439,11 +433,11 @@ async def _seeder_main(args: argparse.Namespace) -> None:
     await asyncio.Event().wait()
 
 
-def run_replay(args: argparse.Namespace, ws: Workspace, server: Any) -> dict[str, Any]:
+def run_replay(args: argparse.Namespace, ws: Workspace, server: NatsServer) -> dict[str, Any]:
     runs = []
     for size in args.sizes:
         prefix = f"replay{size}"
-        lattice = Lattice(server.url, prefix=prefix)
+        lattice = Lattice(server, prefix=prefix)
         t0 = time.monotonic()
         seeder = ws.spawn(
             [
@@ -454,6 +448,8 @@ def run_replay(args: argparse.Namespace, ws: Workspace, server: Any) -> dict[str
                 server.url,
                 "--prefix",
                 prefix,
+                "--link-name",
+                lattice.link_name,
                 "--count",
                 str(size),
             ],
@@ -462,7 +458,7 @@ def run_replay(args: argparse.Namespace, ws: Workspace, server: Any) -> dict[str
             stdout=subprocess.PIPE,
         )
         assert seeder.stdin is not None and seeder.stdout is not None
-        seeder.stdin.write(lattice.cluster.seed.encode() + b"\n")
+        seeder.stdin.write(lattice.keys.cluster.seed.encode() + b"\n")
         seeder.stdin.flush()
         if seeder.stdout.readline().strip() != b"ready":
             raise RuntimeError(f"seeder failed:\n{ws.log_tail(f'seeder{size}')}")
@@ -497,7 +493,7 @@ def run_replay(args: argparse.Namespace, ws: Workspace, server: Any) -> dict[str
 
 def _replay_figures(p: Provider, event: dict[str, Any]) -> dict[str, Any]:
     keys, seconds = event["keys"], event["seconds"]
-    end_to_end = common.log_time(event) - (p.started_wall or 0)
+    end_to_end = log_time(event) - (p.started_wall or 0)
     return {
         "keys": keys,
         "replay_seconds": seconds,
@@ -734,13 +730,13 @@ def report(results: dict[str, Any]) -> None:
 def main() -> int:
     args = parse_args()
     if args.role == "seeder":
-        common.run_async(_seeder_main(args))
+        run_async(_seeder_main(args))
         return 0
     if args.role == "memory":
         _memory_main(args)
         return 0
     started = time.monotonic()
-    common.check_clock()
+    check_clock()
     results: dict[str, Any] = {}
     seconds: dict[str, float] = {}
     with Workspace("replication") as ws:
@@ -760,9 +756,7 @@ def main() -> int:
     name = (
         "replication" if args.parts >= ALL_PARTS else f"replication-{''.join(sorted(args.parts))}"
     )
-    path = common.write_results(name, results, quick=args.quick, started=started)
-    print(f"\nresults: {path.relative_to(common.ROOT)} ({time.monotonic() - started:.1f} s)")
-    return 0
+    return finish(name, results, quick=args.quick, started=started)
 
 
 if __name__ == "__main__":

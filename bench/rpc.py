@@ -35,13 +35,13 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import common
-from common import Lattice, Provider, Workspace, closed, fmt, median, print_table, ratio
+from orchestra import DriverProcess, Lattice, Provider, Workspace, start_echo
+from procfs import wait_child
+from runtime import check_clock, fill_defaults
+from specs import closed, driver_spec
+from stats import finish, fmt, median, print_table, ratio
 
 #: Processes whose CPU time is sampled around each load phase (the driver adds itself).
 CPU_PROCESSES = ("nats-server", "driver", "echo", "provider", "verify-worker")
@@ -61,20 +61,17 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--repl-seconds", type=float, help="time limit per S/R phase")
     args = parser.parse_args()
     args.levels = [int(x) for x in args.inflight.split(",")]
-    if args.quick:
-        defaults = {"seconds": 0.4, "payloads": 1500, "rounds": 1, "repl_seconds": 0.4}
-    else:
-        defaults = {"seconds": 2.5, "payloads": 20000, "rounds": 3, "repl_seconds": 1.5}
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    fill_defaults(
+        args,
+        quick={"seconds": 0.4, "payloads": 1500, "rounds": 1, "repl_seconds": 0.4},
+        full={"seconds": 2.5, "payloads": 20000, "rounds": 3, "repl_seconds": 1.5},
+    )
     return args
 
 
 def build_spec(
     args: argparse.Namespace,
     lattice: Lattice,
-    url: str,
     echo_subject: str,
     standalone: Provider,
     replicated: Provider,
@@ -109,12 +106,9 @@ def build_spec(
                 closed(f"standalone/{stage} set@1 #{r}", standalone.rpc, "set_s", 1, repl),
                 closed(f"replicated/{stage} set@1 #{r}", replicated.rpc, "set_r", 1, repl),
             ]
-    return {
-        "url": url,
-        "identity": lattice.driver_identity(),
-        "payloads": payloads,
-        "phases": phases,
-    }
+    return driver_spec(
+        lattice.server.url, phases, identity=lattice.driver_identity(), payloads=payloads
+    )
 
 
 def analyse(args: argparse.Namespace, phases: list[dict[str, Any]]) -> dict[str, Any]:
@@ -346,12 +340,12 @@ def report_cpu(level: dict[str, Any]) -> None:
 def main() -> int:
     args = parse_args()
     started = time.monotonic()
-    common.check_clock()
+    check_clock()
     with Workspace("rpc") as ws:
         server = ws.start_nats()
-        lattice = Lattice(server.url)
-        echo_subject = common.Subjects(lattice.prefix, "VECHO", lattice.link_name).rpc
-        echo = common.start_echo(ws, server.url, echo_subject)
+        lattice = Lattice(server)
+        echo_subject = lattice.subjects("VECHO").rpc
+        echo = start_echo(ws, server.url, echo_subject)
         standalone = Provider(ws, lattice, "standalone").start()
         replication = {"NATS_URL": server.url}
         replicated = Provider(ws, lattice, "replicated", replication).start()
@@ -363,21 +357,19 @@ def main() -> int:
             "nats-server": server.pid,
             "echo": echo.pid,
             "provider": standalone.proc.pid,
-            "verify-worker": common.wait_child(standalone.proc.pid),
+            "verify-worker": wait_child(standalone.proc.pid),
         }
 
         def start_peer(_: str) -> None:
             peer.start().wait_ready()
             peer.wait_replicating()
 
-        spec = build_spec(args, lattice, server.url, echo_subject, standalone, replicated, cpu_pids)
-        driven = common.DriverProcess(ws, spec, on_barrier=start_peer).run(timeout=120)
+        spec = build_spec(args, lattice, echo_subject, standalone, replicated, cpu_pids)
+        driven = DriverProcess(ws, spec, on_barrier=start_peer).run(timeout=120)
     results = analyse(args, driven["phases"])
     results["driver_sign_seconds"] = round(driven["sign_seconds"], 2)
     report(results)
-    path = common.write_results("rpc", results, quick=args.quick, started=started)
-    print(f"\nresults: {path.relative_to(common.ROOT)} ({time.monotonic() - started:.1f} s)")
-    return 0
+    return finish("rpc", results, quick=args.quick, started=started)
 
 
 if __name__ == "__main__":

@@ -21,17 +21,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import nats
-from common import Lattice, Provider, Workspace, print_table
+from orchestra import Lattice, Provider, Workspace
+from stats import print_table
 
 from contract.client import KeyValueClient
-from contract.codec import pack
 from contract.keyvalue import (
     OPERATIONS,
     ListAddRequest,
@@ -39,10 +35,9 @@ from contract.keyvalue import (
     SetAddRequest,
     SetRequest,
 )
-from contract.wire import InvocationResponse
+from contract.wire import HEALTH_REQUEST, InvocationResponse
 from provider.store import MAX_RESULT_BYTES, MAX_RESULT_ITEMS, MAX_SET_NAMES, MAX_SET_SCAN
 
-HEALTH_BODY = pack({"placeholder": True})
 GOAL_STALL_MS = 50.0
 
 
@@ -68,7 +63,7 @@ async def health_latencies(nc, subject: str, stop: asyncio.Event) -> list[float]
     samples = []
     while not stop.is_set():
         started = time.perf_counter()
-        await nc.request(subject, HEALTH_BODY, timeout=10)
+        await nc.request(subject, HEALTH_REQUEST, timeout=10)
         samples.append(time.perf_counter() - started)
     return samples
 
@@ -99,22 +94,14 @@ async def stalled_call(nc, kv: KeyValueClient, health: str, name: str, arg) -> d
     }
 
 
-async def drive(url: str, lattice: Lattice, provider: Provider, quick: bool) -> None:
-    nc = await nats.connect(url)
-    kv = KeyValueClient(
-        nc,
-        lattice_prefix=lattice.prefix,
-        provider_key=provider.key,
-        link_name=lattice.link_name,
-        signer=lattice.cluster,
-        actor_key=lattice.actor.public_key,
-        timeout=30,
-    )
+async def drive(lattice: Lattice, provider: Provider, quick: bool) -> None:
+    nc = await nats.connect(lattice.server.url)
+    kv = lattice.client(nc, provider.key, timeout=30)
     health = provider.subjects.health
     idle = []
     for _ in range(50):
         started = time.perf_counter()
-        await nc.request(health, HEALTH_BODY, timeout=5)
+        await nc.request(health, HEALTH_REQUEST, timeout=5)
         idle.append(time.perf_counter() - started)
 
     list_items = 10_000 if quick else MAX_RESULT_ITEMS
@@ -190,10 +177,10 @@ def main() -> int:
     args = parse_args()
     with Workspace("worst-case") as ws:
         server = ws.start_nats(jetstream=True)
-        lattice = Lattice(server.url)
+        lattice = Lattice(server)
         provider = Provider(ws, lattice, "provider", {"MAX_MEMORY": "0"}).start()
         provider.wait_ready()
-        asyncio.run(drive(server.url, lattice, provider, args.quick))
+        asyncio.run(drive(lattice, provider, args.quick))
     return 0
 
 

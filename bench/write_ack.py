@@ -24,13 +24,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from orchestra import DriverProcess, Lattice, Provider, Workspace, start_echo
+from runtime import check_clock, fill_defaults
+from specs import closed, driver_spec, kv_payloads
+from stats import finish, fmt, median, print_table, ratio
 
-import common
-from common import Lattice, Provider, Workspace, closed, fmt, kv_payloads, median, print_table
+from wasmbus_testkit import NatsServer
 
 MODES = ("peers", "local")
 LEVELS = (1, 64)
@@ -46,25 +47,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, help="time limit per phase")
     parser.add_argument("--payloads", type=int, help="pre-signed Sets per writer")
     args = parser.parse_args()
-    defaults = (
-        {"rounds": 1, "seconds": 0.5, "payloads": 2000}
-        if args.quick
-        else {"rounds": 5, "seconds": 2.0, "payloads": 8000}
+    fill_defaults(
+        args,
+        quick={"rounds": 1, "seconds": 0.5, "payloads": 2000},
+        full={"rounds": 5, "seconds": 2.0, "payloads": 8000},
     )
-    for key, value in defaults.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
     return args
 
 
-def start_pairs(ws: Workspace, url: str) -> tuple[Lattice, dict[str, tuple[Provider, Provider]]]:
+def start_pairs(
+    ws: Workspace, server: NatsServer
+) -> tuple[Lattice, dict[str, tuple[Provider, Provider]]]:
     """One writer + peer pair per mode, each pair in its own lattice, one identity for all."""
-    lattice = Lattice(url, prefix="ackpeers")
+    lattice = Lattice(server, prefix="ackpeers")
     pairs = {}
     for mode in MODES:
-        own = Lattice(url, prefix=f"ack{mode}")
-        own.cluster, own.actor = lattice.cluster, lattice.actor  # the driver signs for both
-        values = {"NATS_URL": url, "WRITE_ACK": mode}
+        own = Lattice(server, prefix=f"ack{mode}", keys=lattice.keys)  # the driver signs for both
+        values = {"NATS_URL": server.url, "WRITE_ACK": mode}
         writer = Provider(ws, own, f"{mode}-writer", values).start()
         peer = Provider(ws, own, f"{mode}-peer", values).start()
         pairs[mode] = (writer, peer)
@@ -78,7 +77,6 @@ def start_pairs(ws: Workspace, url: str) -> tuple[Lattice, dict[str, tuple[Provi
 def build_spec(
     args: argparse.Namespace,
     lattice: Lattice,
-    url: str,
     echo_subject: str,
     pairs: dict[str, tuple[Provider, Provider]],
 ) -> dict[str, Any]:
@@ -104,12 +102,9 @@ def build_spec(
                 phases.append(
                     closed(f"{mode}@{k} #{r}", writer.rpc, f"set_{mode}", k, args.seconds)
                 )
-    return {
-        "url": url,
-        "identity": lattice.driver_identity(),
-        "payloads": payloads,
-        "phases": phases,
-    }
+    return driver_spec(
+        lattice.server.url, phases, identity=lattice.driver_identity(), payloads=payloads
+    )
 
 
 def analyse(args: argparse.Namespace, phases: list[dict[str, Any]]) -> dict[str, Any]:
@@ -137,7 +132,7 @@ def analyse(args: argparse.Namespace, phases: list[dict[str, Any]]) -> dict[str,
     at = {mode: {row["inflight"]: row for row in modes[mode]["inflight"]} for mode in MODES}
     peers, local = at["peers"], at["local"]
     extra_p50 = round(peers[1]["p50_ms"] - local[1]["p50_ms"], 4)
-    throughput = common.ratio(peers[64]["rps"], local[64]["rps"])
+    throughput = ratio(peers[64]["rps"], local[64]["rps"])
     budget = round(echo["p50_ms"] + GOAL_EXTRA_P50_MS, 4)
     return {
         "method": "two writer+peer pairs (WRITE_ACK=peers, WRITE_ACK=local), each in its own "
@@ -147,7 +142,7 @@ def analyse(args: argparse.Namespace, phases: list[dict[str, Any]]) -> dict[str,
         "modes": modes,
         "echo_round_trip": {"p50_ms": echo["p50_ms"], "p99_ms": echo["p99_ms"]},
         "ratios": {
-            f"{key}_at_{k}_ratio": common.ratio(peers[k][key], local[k][key])
+            f"{key}_at_{k}_ratio": ratio(peers[k][key], local[k][key])
             for k in LEVELS
             for key in ("rps", "p50_ms", "p99_ms")
         },
@@ -211,20 +206,18 @@ def report(results: dict[str, Any]) -> None:
 def main() -> int:
     args = parse_args()
     started = time.monotonic()
-    common.check_clock()
+    check_clock()
     with Workspace("write_ack") as ws:
         server = ws.start_nats()
-        lattice, pairs = start_pairs(ws, server.url)
-        echo_subject = common.Subjects(lattice.prefix, "VECHO", lattice.link_name).rpc
-        common.start_echo(ws, server.url, echo_subject)
-        spec = build_spec(args, lattice, server.url, echo_subject, pairs)
-        driven = common.DriverProcess(ws, spec).run(timeout=300)
+        lattice, pairs = start_pairs(ws, server)
+        echo_subject = lattice.subjects("VECHO").rpc
+        start_echo(ws, server.url, echo_subject)
+        spec = build_spec(args, lattice, echo_subject, pairs)
+        driven = DriverProcess(ws, spec).run(timeout=300)
     results = analyse(args, driven["phases"])
     results["driver_sign_seconds"] = round(driven["sign_seconds"], 2)
     report(results)
-    path = common.write_results("write_ack", results, quick=args.quick, started=started)
-    print(f"\nresults: {path.relative_to(common.ROOT)} ({time.monotonic() - started:.1f} s)")
-    return 0
+    return finish("write_ack", results, quick=args.quick, started=started)
 
 
 if __name__ == "__main__":

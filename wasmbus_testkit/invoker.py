@@ -35,14 +35,15 @@ class _Requester(Protocol):
 class Invoker:
     """Signs and sends invocations from one actor to one provider link.
 
-    ``nc`` is anything with nats-py's ``request`` coroutine. ``host_id`` defaults to the
-    signer's public key (what the OTP host puts there). NATS errors (timeouts, no responders)
-    propagate unchanged.
+    ``nc`` is anything with nats-py's ``request`` coroutine, or None for an Invoker that only
+    builds invocations (a load generator pre-signs them before any clock starts and sends the
+    bytes itself). ``host_id`` defaults to the signer's public key (what the OTP host puts
+    there). NATS errors (timeouts, no responders) propagate unchanged.
     """
 
     def __init__(
         self,
-        nc: _Requester,
+        nc: _Requester | None,
         *,
         lattice_prefix: str,
         provider_key: str,
@@ -75,6 +76,8 @@ class Invoker:
 
     async def send(self, inv: Invocation, timeout: float | None = None) -> InvocationResponse:
         """Send an Invocation on the RPC subject and decode the reply."""
+        if self.nc is None:
+            raise RuntimeError("this Invoker only builds invocations: it has no connection")
         wait = self.timeout if timeout is None else timeout
         reply = await self.nc.request(self.subject, inv.encode(), timeout=wait)
         return InvocationResponse.decode(reply.data)

@@ -6,7 +6,7 @@ Reads every ``*.json`` in ``--results`` (default ``bench/results``) and writes c
 
 The reader is deliberately tolerant, because benchmark scripts grow new fields all the time:
 
-* a file written by ``bench/common.py`` is ``{"name", "timestamp", "quick", "machine",
+* a file written by ``bench/`` is ``{"name", "timestamp", "quick", "machine",
   "results": {section: ...}}``; any other JSON object is read as one with its non-metadata keys
   as sections, and a bare list as a single section of rows;
 * inside a section, every number (not a bool) is a measurement named by its key, labelled by the

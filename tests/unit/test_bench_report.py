@@ -1,6 +1,6 @@
 """``nats-kvcache bench-report`` turns result files into charts, tolerating odd shapes.
 
-The synthetic results mimic ``bench/common.py``'s documents (metadata + nested ``results``) and
+The synthetic results mimic ``bench/``'s documents (metadata + nested ``results``) and
 a looser "name + rows" file; the CLI runs as a user runs it, then the PNGs are opened.
 """
 
