@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sized
 from pathlib import Path
 
 #: Redis' own reply when a write is refused for memory (``noeviction``).
@@ -208,7 +208,7 @@ def set_member_cost(value: str, dots: int = 1) -> int:
     return SET_MEMBER_OVERHEAD + sizeof(value) + EXTRA_DOT * max(dots - 1, 0)
 
 
-def set_members_cost(members: dict[str, set]) -> int:
+def set_members_cost(members: Mapping[str, Sized]) -> int:
     """Every member of a set payload (C-level passes over the dict)."""
     count = len(members)
     dots = sum(map(len, members.values()))

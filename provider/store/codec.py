@@ -12,7 +12,7 @@ import secrets
 from typing import Any
 
 from .causal import CausalContext
-from .entry import I64_MAX, I64_MIN, Entry, Kind, ListPayload, SetPayload
+from .entry import I64_MAX, I64_MIN, Entry, Kind, ListPayload, SetPayload, Value
 from .store import Change
 
 
@@ -41,11 +41,12 @@ def is_node_id(value: Any) -> bool:
     return isinstance(value, str) and len(value) == NODE_ID_LENGTH and not value.strip(_HEX_DIGITS)
 
 
-def encode_change(change: Change) -> list:
+def encode_change(change: Change) -> list[object]:
     entry = change.entry
     value = entry.value
+    payload: object
     if isinstance(value, ListPayload):
-        payload: Any = [[list(item) for item in value.items], *_encode_ctx(value.ctx)]
+        payload = [[list(item) for item in value.items], *_encode_ctx(value.ctx)]
     elif isinstance(value, SetPayload):
         payload = [
             {member: [list(dot) for dot in dots] for member, dots in value.members.items()},
@@ -66,7 +67,7 @@ def encode_change(change: Change) -> list:
     ]
 
 
-def _encode_ctx(ctx: CausalContext) -> tuple[dict, list]:
+def _encode_ctx(ctx: CausalContext) -> tuple[dict[str, int], list[list[str | int]]]:
     return ctx.vv, [list(dot) for dot in ctx.cloud]
 
 
@@ -82,7 +83,7 @@ def decode_change(data: Any) -> Change:
         kind = Kind(kind)
         if kind == Kind.STRING:
             _check(isinstance(payload, str), "string value")
-            value: Any = payload
+            value: Value = payload
         elif kind == Kind.TOMBSTONE:
             _check(payload is None, "tombstone payload")
             value = None
@@ -101,13 +102,14 @@ def decode_change(data: Any) -> Change:
         else:
             members, vv, cloud = payload
             _check(isinstance(members, dict), "set members")
-            value = SetPayload(
+            set_value = SetPayload(
                 {_str(member): {_dot(dot) for dot in dots} for member, dots in members.items()},
                 _decode_ctx(vv, cloud),
             )
             # A member without dots would show on the replica that adopts the record whole and
             # vanish on any that joins it: applying it twice would change the state.
-            _check(all(value.members.values()), "set member without dots")
+            _check(all(set_value.members.values()), "set member without dots")
+            value = set_value
         decoded_counts = None
         if counts is not None:
             _check(isinstance(counts, dict), "counts")
@@ -144,8 +146,9 @@ def _dot(data: Any) -> tuple[str, int]:
 
 
 def _str(value: Any) -> str:
-    _check(isinstance(value, str), "string")
-    return value
+    if isinstance(value, str):
+        return value
+    raise ChangeDecodeError("malformed change record: bad string")
 
 
 def _is_uint(value: Any) -> bool:

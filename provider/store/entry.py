@@ -40,6 +40,7 @@ from enum import IntEnum
 import msgpack
 
 from .causal import CausalContext, Dot
+from .errors import WrongTypeError
 
 #: Redis' ``string2ll`` grammar: ``0``, or an optional ``-`` and a non-zero leading digit. No
 #: ``+``, no leading zeros, no ``-0``, no spaces, ASCII digits only (``[0-9]``, not ``\d``).
@@ -74,6 +75,10 @@ class Kind(IntEnum):
     LIST = 2
     SET = 3
 
+
+#: The kinds as plain module globals: ``Kind.LIST`` is an enum attribute lookup, several times
+#: slower than a global, and :meth:`Entry.is_live` and :func:`merge` run per key of a replay.
+_TOMBSTONE, _STRING, _LIST, _SET = Kind.TOMBSTONE, Kind.STRING, Kind.LIST, Kind.SET
 
 Birth = tuple[int, str, int]
 
@@ -188,11 +193,18 @@ class SetPayload:
         )
 
 
+#: What :attr:`Entry.value` holds; which one is fixed by the entry's :class:`Kind`.
+Value = str | ListPayload | SetPayload | None
+
+
 class Entry:
     """One incarnation of a key. Slots only: a million of these must stay small.
 
     ``value`` is the base string for :attr:`Kind.STRING`, a :class:`ListPayload` or
-    :class:`SetPayload` for containers, and ``None`` for tombstones. ``counts`` maps a node to
+    :class:`SetPayload` for containers, and ``None`` for tombstones: the kind says which, always
+    (the store builds entries that way and :mod:`.codec` refuses any other pairing), so code that
+    has checked the kind may assert the payload's type. :meth:`as_list` and :meth:`as_set` are
+    the checked accessors for code that has not. ``counts`` maps a node to
     its ``(count, total)`` increment contribution (strings only, usually ``None``). ``deadline``
     is the absolute expiry in Unix milliseconds, 0 for none; it is fixed at birth and carried
     with the value so every replica expires the key at the same moment.
@@ -204,7 +216,7 @@ class Entry:
         self,
         birth: Birth,
         kind: Kind,
-        value: str | ListPayload | SetPayload | None = None,
+        value: Value = None,
         deadline: int = 0,
         counts: dict[str, tuple[int, int]] | None = None,
     ) -> None:
@@ -227,21 +239,41 @@ class Entry:
     def is_live(self, now_ms: int) -> bool:
         """Whether Redis would say this key exists."""
         kind = self.kind
-        if kind == Kind.TOMBSTONE or (self.deadline and self.deadline <= now_ms):
+        if kind == _TOMBSTONE or (self.deadline and self.deadline <= now_ms):
             return False
-        if kind == Kind.LIST:
-            return bool(self.value.items)
-        if kind == Kind.SET:
-            return bool(self.value.members)
+        if kind == _LIST:
+            value = self.value
+            assert isinstance(value, ListPayload)
+            return bool(value.items)
+        if kind == _SET:
+            value = self.value
+            assert isinstance(value, SetPayload)
+            return bool(value.members)
         return True
+
+    def as_list(self) -> ListPayload:
+        """The list this entry holds; :class:`.WrongTypeError` if it holds anything else."""
+        value = self.value
+        if isinstance(value, ListPayload):
+            return value
+        raise WrongTypeError()
+
+    def as_set(self) -> SetPayload:
+        """The set this entry holds; :class:`.WrongTypeError` if it holds anything else."""
+        value = self.value
+        if isinstance(value, SetPayload):
+            return value
+        raise WrongTypeError()
 
     def string_value(self) -> str:
         """The string a ``Get`` returns: the base plus every node's increments."""
+        value = self.value
+        assert isinstance(value, str)  # only asked of Kind.STRING entries
         if not self.counts:
-            return self.value
-        base = parse_integer(self.value)
+            return value
+        base = parse_integer(value)
         if base is None:  # only a corrupt peer could pair increments with a non-integer base
-            return self.value
+            return value
         return str(base + sum(total for _, total in self.counts.values()))
 
     def copy(self) -> Entry:
@@ -251,9 +283,9 @@ class Entry:
         counts = dict(self.counts) if self.counts else None
         return Entry(self.birth, self.kind, value, self.deadline, counts)
 
-    def header(self, value: str | ListPayload | SetPayload | None = None) -> Entry:
+    def header(self, value: Value = None) -> Entry:
         """A delta with this incarnation's identity and the given partial payload."""
-        if self.kind == Kind.STRING and value is None:
+        if self.kind == _STRING and value is None:
             value = self.value
         return Entry(self.birth, self.kind, value, self.deadline)
 
@@ -279,6 +311,7 @@ class Entry:
         per-process string hashing or on insertion order.
         """
         value = self.value
+        plain: list[object]
         if value.__class__ is str or value is None:  # strings, tombstones: canonical() inlined
             counts = sorted(self.counts.items()) if self.counts else []
             plain = [
@@ -295,9 +328,10 @@ class Entry:
         return _from_bytes(_blake2b(_pack(plain), digest_size=8).digest(), "little")
 
 
-def canonical(entry: Entry) -> list:
+def canonical(entry: Entry) -> list[object]:
     """A deterministic plain-data form of an entry (sorted where order is not meaningful)."""
     value = entry.value
+    payload: object
     if isinstance(value, ListPayload):
         payload = [
             [list(item) for item in value.items],
@@ -333,9 +367,11 @@ def merge(local: Entry | None, incoming: Entry) -> Entry:
     if local.deadline != incoming.deadline:  # cannot happen between honest peers; stay total
         local.deadline = max(local.deadline, incoming.deadline)
     kind = local.kind
-    if kind == Kind.STRING:
+    if kind == _STRING:
         if incoming.value != local.value:
-            local.value = max(local.value, incoming.value)
+            mine_base, their_base = local.value, incoming.value
+            assert isinstance(mine_base, str) and isinstance(their_base, str)
+            local.value = max(mine_base, their_base)
         if incoming.counts:
             counts = local.counts if local.counts is not None else {}
             for node, pair in incoming.counts.items():
@@ -343,6 +379,12 @@ def merge(local: Entry | None, incoming: Entry) -> Entry:
                 if have is None or pair > have:
                     counts[node] = pair
             local.counts = counts
-    elif kind in (Kind.LIST, Kind.SET):
-        local.value.join(incoming.value)
+    elif kind == _LIST:  # same kind, so the same payload type on both sides (see Entry)
+        into_list, other_list = local.value, incoming.value
+        assert isinstance(into_list, ListPayload) and isinstance(other_list, ListPayload)
+        into_list.join(other_list)
+    elif kind == _SET:
+        into_set, other_set = local.value, incoming.value
+        assert isinstance(into_set, SetPayload) and isinstance(other_set, SetPayload)
+        into_set.join(other_set)
     return local

@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from operator import itemgetter
+from typing import TypeVar
 
 from provider.memory import (
     ENTRY_OVERHEAD,
@@ -39,6 +40,7 @@ from .entry import (
     Kind,
     ListPayload,
     SetPayload,
+    Value,
     merge,
     parse_integer,
 )
@@ -80,7 +82,11 @@ MAX_RESULT_BYTES = 16 * 1024 * 1024
 _VALUE = itemgetter(3)
 _crc32 = zlib.crc32
 _sizeof = sys.getsizeof
-_LIST, _STRING = Kind.LIST, Kind.STRING
+#: Module globals, several times cheaper to read than the enum attributes (see .entry).
+_TOMBSTONE, _STRING, _LIST, _SET = Kind.TOMBSTONE, Kind.STRING, Kind.LIST, Kind.SET
+
+#: What a :meth:`KeyValueStore._mutate` builder returns to the caller.
+_Result = TypeVar("_Result")
 
 
 def distinct_names(names: list[str]) -> list[str]:
@@ -207,22 +213,29 @@ class KeyValueStore:
         if entry is None:
             return 0
         kind = entry.kind
-        if kind == Kind.LIST:
-            items = entry.value.items
+        if kind == _LIST:
+            value = entry.value
+            assert isinstance(value, ListPayload)
+            items = value.items
             return self._held(key, entry) + list_items_cost(map(_VALUE, items), len(items))
-        if kind == Kind.SET:
-            return self._held(key, entry) + set_members_cost(entry.value.members)
+        if kind == _SET:
+            value = entry.value
+            assert isinstance(value, SetPayload)
+            return self._held(key, entry) + set_members_cost(value.members)
         return self._held(key, entry)
 
     @staticmethod
     def _held(key: str, entry: Entry) -> int:
         """The cost of ``entry`` without its list items or set members; constant time."""
         kind = entry.kind
-        if kind == Kind.STRING:
-            return string_cost(key, entry.value, len(entry.counts) if entry.counts else 0)
-        if kind == Kind.TOMBSTONE:
+        value = entry.value
+        if kind == _STRING:
+            assert isinstance(value, str)
+            return string_cost(key, value, len(entry.counts) if entry.counts else 0)
+        if kind == _TOMBSTONE:
             return tombstone_cost(key)
-        ctx = entry.value.ctx
+        assert isinstance(value, (ListPayload, SetPayload))
+        ctx = value.ctx
         return container_cost(key, len(ctx.vv) + len(ctx.cloud))
 
     @staticmethod
@@ -261,8 +274,8 @@ class KeyValueStore:
         return entry
 
     def _mutate(
-        self, key: str, kind: Kind, build: Callable[[Entry], tuple[object, object]]
-    ) -> tuple[object, Change]:
+        self, key: str, kind: Kind, build: Callable[[Entry], tuple[_Result, Value]]
+    ) -> tuple[_Result, Change]:
         """Run ``build`` on the live entry of ``kind`` for ``key``, creating it if absent.
 
         ``build`` checks its preconditions *before* touching the entry (raising leaves the store
@@ -272,12 +285,12 @@ class KeyValueStore:
         now = self._now_ms()
         old_digest = self._digest_of(key, entry)
         if entry is None or not entry.is_live(now):
-            reusable = entry is not None and entry.kind == kind and not entry.is_expired(now)
-            if not reusable:  # an emptied list/set of the same kind keeps its causal context
+            if entry is not None and entry.kind == kind and not entry.is_expired(now):
+                # an emptied list/set of the same kind keeps its causal context
+                released = self._held(key, entry)
+            else:
                 released = self._cost(key, entry)
                 entry = _fresh(_recreated_birth(entry, now), kind)
-            else:
-                released = self._held(key, entry)
         elif entry.kind != kind:
             raise WrongTypeError()
         else:
@@ -289,17 +302,17 @@ class KeyValueStore:
 
     # ------------------------------------------------------------------ reads
     def get(self, key: str) -> str | None:
-        entry = self._typed(key, Kind.STRING)
+        entry = self._typed(key, _STRING)
         return None if entry is None else entry.string_value()
 
     def contains(self, key: str) -> bool:
         return self._live(key) is not None
 
     def list_range(self, name: str, start: int, stop: int) -> list[str]:
-        entry = self._typed(name, Kind.LIST)
+        entry = self._live(name)
         if entry is None:
             return []
-        items = entry.value.items
+        items = entry.as_list().items
         n = len(items)
         first = max(n + start, 0) if start < 0 else start
         last = n + stop if stop < 0 else min(stop, n - 1)
@@ -316,20 +329,25 @@ class KeyValueStore:
         return values
 
     def set_query(self, name: str) -> list[str]:
-        entry = self._typed(name, Kind.SET)
+        entry = self._live(name)
         if entry is None:
             return []
-        if len(entry.value.members) > MAX_RESULT_ITEMS:
-            raise _too_many("SetQuery", len(entry.value.members))
-        return list(entry.value.members)
+        members = entry.as_set().members
+        if len(members) > MAX_RESULT_ITEMS:
+            raise _too_many("SetQuery", len(members))
+        return list(members)
 
-    def _named_sets(self, names: list[str]) -> list[Entry | None]:
+    def _named_sets(self, names: list[str]) -> list[SetPayload | None]:
         """The live sets ``names`` (deduplicated, bounded) name; WRONGTYPE for another type."""
-        return [self._typed(name, Kind.SET) for name in distinct_names(names)]
+        live = self._live
+        return [
+            None if (entry := live(name)) is None else entry.as_set()
+            for name in distinct_names(names)
+        ]
 
     def set_union(self, names: list[str]) -> list[str]:
         """SUNION over distinct names; at most :data:`MAX_SET_SCAN` members read."""
-        sets = [entry.value.members for entry in self._named_sets(names) if entry is not None]
+        sets = [payload.members for payload in self._named_sets(names) if payload is not None]
         scan = sum(map(len, sets))
         if scan > MAX_SET_SCAN:
             raise TooMuchWorkError(
@@ -341,10 +359,11 @@ class KeyValueStore:
 
     def set_intersection(self, names: list[str]) -> list[str]:
         """SINTER over distinct names, smallest set first; bounded membership tests."""
-        entries = self._named_sets(names)  # type-checks every name
-        if not entries or any(entry is None for entry in entries):
+        payloads = self._named_sets(names)  # type-checks every name
+        found = [payload.members for payload in payloads if payload is not None]
+        if not payloads or len(found) < len(payloads):
             return []
-        sets = sorted((entry.value.members for entry in entries), key=len)
+        sets = sorted(found, key=len)
         smallest, rest = sets[0], sets[1:]
         checks = len(smallest) * max(len(rest), 1)
         if checks > MAX_SET_SCAN:
@@ -411,8 +430,9 @@ class KeyValueStore:
             entry.counts = counts
             return new_value, None
 
-        result, change = self._mutate(key, Kind.STRING, build)
+        result, change = self._mutate(key, _STRING, build)
         stored = self.entry(key)
+        assert stored is not None and stored.counts is not None  # what build() just stored
         change.entry.counts = {node: stored.counts[node]}
         return result, change
 
@@ -421,18 +441,20 @@ class KeyValueStore:
         self._check_memory()
 
         def build(entry: Entry) -> tuple[int, ListPayload]:
-            delta = entry.value.append(self.node_id, self.clock.now(), value)
-            return len(entry.value.items), delta
+            payload = entry.as_list()
+            delta = payload.append(self.node_id, self.clock.now(), value)
+            return len(payload.items), delta
 
-        return self._mutate(name, Kind.LIST, build)
+        return self._mutate(name, _LIST, build)
 
     def list_del(self, name: str, value: str) -> tuple[bool, Change | None]:
         """Remove the first occurrence (LREM key 1 value)."""
         bucket, entry = self._lookup(name)
-        if self._typed(name, Kind.LIST) is None:
+        if entry is None or not entry.is_live(self._now_ms()):
             return False, None
+        payload = entry.as_list()
         old_digest = self._digest_of(name, entry)
-        delta = entry.value.remove_first(value)
+        delta = payload.remove_first(value)
         if delta is None:
             return False, None
         self.used_memory -= list_item_cost(value)
@@ -442,23 +464,24 @@ class KeyValueStore:
     def set_add(self, name: str, value: str) -> tuple[int, Change | None]:
         """SADD: 1 if newly added, 0 if already a member."""
         self._check_memory()
-        entry = self._typed(name, Kind.SET)
-        if entry is not None and value in entry.value.members:
+        entry = self._live(name)
+        if entry is not None and value in entry.as_set().members:
             return 0, None
 
-        def build(target: Entry) -> tuple[int, SetPayload]:
-            return 1, target.value.add(self.node_id, value)
+        def build(target: Entry) -> tuple[int, SetPayload | None]:
+            return 1, target.as_set().add(self.node_id, value)
 
-        return self._mutate(name, Kind.SET, build)
+        return self._mutate(name, _SET, build)
 
     def set_del(self, name: str, value: str) -> tuple[int, Change | None]:
         """SREM: 1 if removed, 0 otherwise."""
         bucket, entry = self._lookup(name)
-        if self._typed(name, Kind.SET) is None:
+        if entry is None or not entry.is_live(self._now_ms()):
             return 0, None
+        payload = entry.as_set()
         old_digest = self._digest_of(name, entry)
-        dots = len(entry.value.members.get(value, ()))
-        delta = entry.value.remove(value)
+        dots = len(payload.members.get(value, ()))
+        delta = payload.remove(value)
         if delta is None:
             return 0, None
         self.used_memory -= set_member_cost(value, dots)
@@ -498,8 +521,11 @@ class KeyValueStore:
                 key, incoming = change.key, change.entry
                 observe(incoming.stamp)
                 kind = incoming.kind
-                if kind == _LIST and incoming.value.items:
-                    observe(incoming.value.items[-1][0])  # later appends order after these
+                if kind == _LIST:
+                    value = incoming.value
+                    assert isinstance(value, ListPayload)
+                    if value.items:
+                        observe(value.items[-1][0])  # later appends order after these
                 crc = _crc32(key.encode("utf-8", "surrogatepass"))
                 index = crc % BUCKETS
                 bucket = buckets[index]
