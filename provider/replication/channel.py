@@ -9,13 +9,20 @@ increment per message and no log storm.
 Requests use our own reply subjects (``{inbox}.{n}`` under one wildcard subscription), because
 the signature of a request covers its reply subject: a captured pull replayed with another
 reply subject fails the check, so nobody can have the cache delivered to their inbox.
+
+Acks have one recipient, the writer, so they travel under a pair MAC instead of a signature
+(:func:`~.signing.seal_for`, bound to the subject they are published on; see :mod:`.signing`).
+The acker learns the writer's key from the envelope of what it confirms
+(:attr:`~.messages.Message.signer`). A receiver accepts a MAC only where it says so
+(``mac_kinds``: its own ack subject) and only for those kinds; everywhere else, and for every
+other kind, an envelope must be signed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any, Protocol
 
 from nats.aio.client import Client as NATS
@@ -24,7 +31,7 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from . import messages as m
-from .signing import HEADER_BYTES, Trust, UntrustedMessage, Verifier, seal
+from .signing import HEADER_BYTES, MAC_MAGIC, Trust, UntrustedMessage, Verifier, seal, seal_for
 
 #: Cap on log lines about dropped messages between two calls of :meth:`new_log_period`.
 DROP_LOGS_PER_PERIOD = 5
@@ -75,6 +82,18 @@ class SignedChannel:
     async def publish(self, subject: str, body: bytes) -> None:
         await self._connection().publish(subject, seal(self.trust, body))
 
+    async def publish_to(self, subject: str, body: bytes, recipient: bytes) -> None:
+        """Publish a message only ``recipient`` (a raw key) reads, under a pair MAC.
+
+        Bound to ``subject``. Signed instead when we share no pair key with ``recipient``
+        (``b""``: unknown), so the message still goes out.
+        """
+        try:
+            sealed = seal_for(self.trust, recipient, body, subject)
+        except ValueError:
+            sealed = seal(self.trust, body)
+        await self._connection().publish(subject, sealed)
+
     async def respond(self, msg: Msg, body: bytes) -> None:
         if msg.reply:
             await self._connection().publish(msg.reply, seal(self.trust, body))
@@ -104,20 +123,43 @@ class SignedChannel:
             future.set_result(msg)
 
     # ------------------------------------------------------------------ in
-    def open(self, msg: Msg, expected: Iterable[m.Kind] | None = None) -> m.Message | None:
-        """The validated message in ``msg``, or None (dropped, counted, maybe logged)."""
+    def open(
+        self,
+        msg: Msg,
+        expected: Iterable[m.Kind] | None = None,
+        *,
+        mac_kinds: Collection[m.Kind] = (),
+    ) -> m.Message | None:
+        """The validated message in ``msg``, or None (dropped, counted, maybe logged).
+
+        ``mac_kinds``: the kinds that may come under a pair MAC made for us and bound to
+        ``msg.subject`` (acks, on our own ack subject); any other message must be signed.
+        """
+        data = msg.data
+        by_mac = bool(mac_kinds) and data.startswith(MAC_MAGIC)
         try:
-            body = self.verifier.open(msg.data, msg.reply or "")
+            if by_mac:
+                signer, body = self.verifier.open_mac(data, msg.subject)
+            else:
+                signer, body = self.verifier.open_signed(data, msg.reply or "")
         except UntrustedMessage as error:
             self._drop("untrusted_messages", msg.subject, error)
             return None
         try:
             message = m.decode(body)
+            if by_mac and message.type not in mac_kinds:
+                self._drop(
+                    "untrusted_messages",
+                    msg.subject,
+                    UntrustedMessage(f"a pair MAC on a {message.type.value!r} message"),
+                )
+                return None
             if expected is not None and message.type not in expected:
                 raise m.MessageError(f"unexpected {message.type.value!r} message here")
         except m.MessageError as error:
             self._drop("dropped_messages", msg.subject, error)
             return None
+        message.signer = signer
         return message
 
     def _drop(self, counter: str, subject: str, error: Exception) -> None:

@@ -27,6 +27,10 @@ kind   name             fields
 ``ck`` clock refused    ``h`` how far (ms) the receiver's stamps ran ahead of our clock
 =====  ===============  ==============================================================
 
+Every kind travels signed, except an ``ak`` sent to one writer (the point-to-point acks of both
+modes, not JetStream presence beacons): that one carries a pair MAC for the writer instead
+(:data:`MAC_KINDS`, :mod:`.signing`).
+
 ``c`` is a bin holding the changes' msgpack encodings back to back: each change is packed once,
 when it is measured against the size limit, and never re-packed into an outer array.
 """
@@ -110,6 +114,9 @@ class Message:
     ahead_ms: int = 0
     #: On a change batch: the sender waits for an ack (``WRITE_ACK=peers``).
     ack: bool = False
+    #: Not on the wire: the raw Ed25519 key whose envelope carried this message, set by the
+    #: channel once the envelope checked out (an acker MACs its ack for this key).
+    signer: bytes = b""
 
 
 def pack_change(change: Change) -> bytes:
@@ -174,6 +181,10 @@ FIELDS: dict[Kind, tuple[str, ...]] = {
     Kind.ACK: ("a",),
     Kind.CLOCK_REFUSED: ("h",),
 }
+
+
+#: Kinds a receiver accepts under a pair MAC (one recipient) where it expects them: acks.
+MAC_KINDS = frozenset({Kind.ACK})
 
 
 #: Fields a decoder may miss (their defaults apply): lag figures and ack requests are extras.

@@ -17,16 +17,68 @@ captured snapshot pull cannot be replayed to deliver the cache to someone else's
 subject of a JetStream record (so a record cannot be copied onto another key). Messages that are
 neither use an empty binding.
 
-:func:`open_envelope` checks the length, the header, the signer and the signature, in that
-order and in time linear in the size, before anyone looks at the body. Its only exception is
-:class:`UntrustedMessage`.
+Pair MACs for messages with one recipient
+-----------------------------------------
+
+A write ack goes to exactly one instance: the writer of the batch or record it confirms. A
+signature proves to *everyone* who spoke; an ack only has to prove it to that one writer, and
+a message authentication code under a key only the two of them hold does exactly that, for a
+fraction of the cost (the two Ed25519 operations of an ack were half of the crypto on the
+``WRITE_ACK=peers`` write path). The trust root stays the same: both keys are the hosts'
+Ed25519 keys, and a sender counts only when its key is in ``cluster_issuers``.
+
+* **Pair key.** Both Ed25519 keys convert to X25519 (the birationally equivalent Montgomery
+  form: libsodium's ``crypto_sign_ed25519_{sk,pk}_to_curve25519``). Static-static
+  Diffie-Hellman gives both ends the same shared secret, which nobody else can compute without
+  one of the two private keys. The pair key is ``BLAKE2b-256(key=shared, person=KEY_PERSON,
+  low | high)``, where ``low``/``high`` are the two raw Ed25519 public keys in byte order: the
+  same on both ends, and tied to the exact identities (the conversion drops the sign of the
+  Edwards point, so two Ed25519 keys share one X25519 key; hashing the Ed25519 keys in keeps
+  them apart). libsodium refuses small-order points and an all-zero result, so a key that
+  cannot give a contributory secret gives no pair key at all (the sender then signs instead).
+  Each instance derives a pair key once per trusted key and caches it: one cache entry per
+  entry of ``cluster_issuers``, never one per message or per claimed sender.
+* **Envelope**::
+
+    MAC_MAGIC (3) | sender's raw Ed25519 key (32) | MAC (32) | body
+
+  with ``MAC = BLAKE2b-256(key=pair key, person=MAC_PERSON,
+  MAC_MAGIC | sender | recipient | len(binding) (2, big-endian) | binding | body)``. The
+  recipient (the receiver's own key) is not sent: the receiver puts its own in, so a MAC made
+  for another instance fails. Sender and recipient both enter the MAC although the pair key is
+  symmetric, so a MAC one end made cannot be reflected back to it as if the other had made it.
+  The binding is the subject the message is published on (the writer's own ack subject), so a
+  captured ack cannot be moved to another writer, even when several hosts share one key.
+  Different personalisations keep the key derivation and the MAC apart from each other and
+  from anything else that may hash with the same secret.
+* **What it guarantees.** Keyed BLAKE2b is a PRF: without the pair key, nobody can produce a
+  valid MAC for any message, not even after seeing valid MACs for others. The pair key is known
+  only to holders of one of the two private keys. So a receiver that accepts a MAC knows that
+  a trusted key holder made it *for it*, for this subject and these bytes: for a message with
+  one intended recipient, which is all an ack is, that is exactly what the signature told it.
+  What a MAC does not do is convince a third party (the recipient could have made it too):
+  so only point-to-point acks use it, and a receiver accepts it only for ack kinds, and only on
+  its own ack subject (:mod:`.channel`). Everything else (batches, records, digests, repairs,
+  snapshots, presence beacons, clock notices) stays signed, because every reader of those must
+  be able to check them, or because they are rare enough not to matter.
+* **Hosts sharing one key.** The hosts of one lattice often sign with one cluster key: then
+  sender, recipient and both ends of the pair are that key, the DH is with oneself, and the
+  guarantee is again "a holder of the trusted key made it", exactly as with a signature.
+
+:class:`Verifier` checks the length, the header, the signer (or sender) and the signature (or
+MAC, compared in constant time), in that order and in time linear in the size, before anyone
+looks at the body. Its only exception is :class:`UntrustedMessage`.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -41,6 +93,14 @@ HEADER_BYTES = len(MAGIC) + SIGNER_BYTES + SIGNATURE_BYTES
 #: Reply subjects and record subjects are far shorter; NATS itself limits subjects.
 MAX_BINDING_BYTES = 4096
 
+#: A pair-MAC envelope (one recipient; see the module doc). Also starts with ``0xc1``.
+MAC_MAGIC = b"\xc1km"
+MAC_BYTES = 32
+MAC_HEADER_BYTES = len(MAC_MAGIC) + SIGNER_BYTES + MAC_BYTES
+#: BLAKE2b personalisations (16 bytes each): pair-key derivation, and the MAC itself.
+KEY_PERSON = b"kvcache-pairkey1"
+MAC_PERSON = b"kvcache-ackmac-1"
+
 
 class UntrustedMessage(ValueError):
     """An envelope that is unsigned, badly signed, or signed by a key we do not trust."""
@@ -48,6 +108,50 @@ class UntrustedMessage(ValueError):
 
 class TrustError(ValueError):
     """The host gave us no usable key to sign with (an operator problem, reported at start)."""
+
+
+class PairKeys:
+    """Our pair key with each trusted key, derived on first use and kept (one per issuer)."""
+
+    __slots__ = ("_cache", "_ours", "_raw", "_secret", "_trusted")
+
+    def __init__(self, ours: KeyPair, raw: bytes, trusted: frozenset[bytes]) -> None:
+        self._ours = ours
+        self._raw = raw
+        self._trusted = trusted
+        self._secret: bytes | None = None
+        #: Trusted raw key -> pair key (``b""``: that key cannot give one).
+        self._cache: dict[bytes, bytes] = {}
+
+    def get(self, peer: bytes) -> bytes | None:
+        """The pair key shared with trusted key ``peer``; None if untrusted or unusable."""
+        key = self._cache.get(peer)
+        if key is None:
+            if peer not in self._trusted:
+                return None
+            key = self._cache[peer] = self._derive(peer)
+        return key or None
+
+    def _derive(self, peer: bytes) -> bytes:
+        try:
+            if self._secret is None:
+                self._secret = _x25519_secret(self._ours, self._raw)
+            public = nacl.signing.VerifyKey(peer).to_curve25519_public_key().encode()
+            shared = nacl.bindings.crypto_scalarmult(self._secret, public)
+        except (nacl.exceptions.CryptoError, ValueError, TypeError):
+            return b""  # not a point of the main subgroup, or no contributory secret
+        low, high = sorted((self._raw, peer))
+        return hashlib.blake2b(low + high, key=shared, person=KEY_PERSON, digest_size=32).digest()
+
+
+def _x25519_secret(pair: KeyPair, raw: bytes) -> bytes:
+    """The X25519 private scalar of ``pair`` (whose raw public key is ``raw``)."""
+    seed = pair.seed  # "S…": 2 prefix bytes, the 32-byte Ed25519 seed, a 2-byte CRC
+    decoded = base64.b32decode(seed + "=" * (-len(seed) % 8))
+    signing = nacl.signing.SigningKey(decoded[2:34])
+    if bytes(signing.verify_key) != raw:
+        raise ValueError("our seed does not match our public key")
+    return signing.to_curve25519_private_key().encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +165,13 @@ class Trust:
     #: Our raw 32-byte public key, put in every envelope: decoded once here, because decoding
     #: the nkey (base32 and a CRC) per message cost a third of sealing one.
     raw_signer: bytes = field(init=False, repr=False)
+    #: Our pair keys with the trusted keys, for acks (shared by everything using this trust).
+    pairs: PairKeys = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "raw_signer", decode_public_key(self.signer.public_key)[1])
+        raw = decode_public_key(self.signer.public_key)[1]
+        object.__setattr__(self, "raw_signer", raw)
+        object.__setattr__(self, "pairs", PairKeys(self.signer, raw, self.trusted))
 
     @classmethod
     def from_host(cls, invocation_seed: str, cluster_issuers: Iterable[str]) -> Trust:
@@ -98,42 +206,102 @@ def _signed_bytes(signer: bytes, binding: bytes, body: bytes) -> bytes:
     return b"".join((MAGIC, signer, len(binding).to_bytes(2, "big"), binding, body))
 
 
+def _binding(binding: str) -> bytes:
+    raw = binding.encode()
+    if len(raw) > MAX_BINDING_BYTES:
+        raise ValueError("binding too long")
+    return raw
+
+
 def seal(trust: Trust, body: bytes, binding: str = "") -> bytes:
     """``body`` in an envelope signed with our key, bound to ``binding`` (see module doc)."""
-    raw_binding = binding.encode()
-    if len(raw_binding) > MAX_BINDING_BYTES:
-        raise ValueError("binding too long")
+    raw_binding = _binding(binding)
     signer = trust.raw_signer
     signature = trust.signer.sign(_signed_bytes(signer, raw_binding, body))
     return b"".join((MAGIC, signer, signature, body))
 
 
-class Verifier:
-    """Opens envelopes signed by trusted keys; caches one ``VerifyKey`` per trusted signer."""
+def _mac(key: bytes, sender: bytes, recipient: bytes, binding: bytes, body: bytes) -> bytes:
+    state = hashlib.blake2b(key=key, person=MAC_PERSON, digest_size=MAC_BYTES)
+    state.update(b"".join((MAC_MAGIC, sender, recipient, len(binding).to_bytes(2, "big"))))
+    state.update(binding)
+    state.update(body)
+    return state.digest()
 
-    __slots__ = ("_keys", "max_bytes")
+
+def seal_for(trust: Trust, recipient: bytes, body: bytes, binding: str = "") -> bytes:
+    """``body`` under a pair MAC only ``recipient`` (a trusted raw key) can check.
+
+    For messages with that one recipient (acks). Raises ``ValueError`` when we share no pair
+    key with ``recipient`` (not trusted, or not a usable key): sign with :func:`seal` then.
+    """
+    raw_binding = _binding(binding)
+    key = trust.pairs.get(recipient)
+    if key is None:
+        raise ValueError("no pair key with that recipient")
+    sender = trust.raw_signer
+    return b"".join((MAC_MAGIC, sender, _mac(key, sender, recipient, raw_binding, body), body))
+
+
+class Verifier:
+    """Opens envelopes of trusted keys; caches one ``VerifyKey`` per trusted signer."""
+
+    __slots__ = ("_keys", "_pairs", "_us", "max_bytes")
 
     def __init__(self, trust: Trust, max_bytes: int) -> None:
         self._keys = {raw: nacl.signing.VerifyKey(raw) for raw in trust.trusted}
+        self._pairs = trust.pairs
+        self._us = trust.raw_signer
         self.max_bytes = max_bytes
 
     def open(self, data: bytes, binding: str = "") -> bytes:
-        """The body of a trusted envelope, or :class:`UntrustedMessage`."""
+        """The body of a trusted signed envelope, or :class:`UntrustedMessage`."""
+        return self.open_signed(data, binding)[1]
+
+    def open_signed(self, data: bytes, binding: str = "") -> tuple[bytes, bytes]:
+        """``(signer's raw key, body)`` of a trusted signed envelope, or UntrustedMessage."""
         if len(data) > self.max_bytes:
             raise UntrustedMessage(f"message of {len(data)} bytes is over the limit")
+        if data.startswith(MAC_MAGIC):
+            raise UntrustedMessage("a pair MAC, where only a signature is accepted")
         if len(data) < HEADER_BYTES or not data.startswith(MAGIC):
             raise UntrustedMessage("unsigned message")
         signer = data[len(MAGIC) : len(MAGIC) + SIGNER_BYTES]
         key = self._keys.get(signer)
         if key is None:
             raise UntrustedMessage("signed by a key outside cluster_issuers")
-        raw_binding = binding.encode()
-        if len(raw_binding) > MAX_BINDING_BYTES:
-            raise UntrustedMessage("binding too long")
+        raw_binding = _untrusted_binding(binding)
         signature = data[len(MAGIC) + SIGNER_BYTES : HEADER_BYTES]
         body = data[HEADER_BYTES:]
         try:
             key.verify(_signed_bytes(signer, raw_binding, body), signature)
         except (nacl.exceptions.BadSignatureError, ValueError):
             raise UntrustedMessage("bad signature") from None
-        return body
+        return signer, body
+
+    def open_mac(self, data: bytes, binding: str = "") -> tuple[bytes, bytes]:
+        """``(sender's raw key, body)`` of a pair-MAC envelope made for us, or UntrustedMessage.
+
+        Only for messages with us as their one recipient (acks): see the module doc.
+        """
+        if len(data) > self.max_bytes:
+            raise UntrustedMessage(f"message of {len(data)} bytes is over the limit")
+        if len(data) < MAC_HEADER_BYTES or not data.startswith(MAC_MAGIC):
+            raise UntrustedMessage("no pair MAC")
+        sender = data[len(MAC_MAGIC) : len(MAC_MAGIC) + SIGNER_BYTES]
+        key = self._pairs.get(sender)
+        if key is None:
+            raise UntrustedMessage("MAC by a key outside cluster_issuers")
+        raw_binding = _untrusted_binding(binding)
+        mac = data[len(MAC_MAGIC) + SIGNER_BYTES : MAC_HEADER_BYTES]
+        body = data[MAC_HEADER_BYTES:]
+        if not hmac.compare_digest(mac, _mac(key, sender, self._us, raw_binding, body)):
+            raise UntrustedMessage("bad MAC")
+        return sender, body
+
+
+def _untrusted_binding(binding: str) -> bytes:
+    try:
+        return _binding(binding)
+    except ValueError:
+        raise UntrustedMessage("binding too long") from None

@@ -10,6 +10,7 @@ directions, health is true and memory stayed bounded.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import signal
 import time
@@ -26,14 +27,23 @@ from nats.aio.client import Client as NATS
 from contract.nkeys import KeyPair
 from provider.replication import messages as m
 from provider.replication.messages import Kind, Message
-from provider.replication.signing import HEADER_BYTES, Trust, seal
+from provider.replication.signing import (
+    HEADER_BYTES,
+    MAC_HEADER_BYTES,
+    MAC_MAGIC,
+    SIGNER_BYTES,
+    Trust,
+    seal,
+    seal_for,
+)
 from provider.store import BUCKETS, Change
 from provider.store.codec import encode_change, new_node_id
 from provider.store.entry import Entry
 from provider.store.entry import Kind as EntryKind
 from provider.store.hlc import LOGICAL_BITS, wall_ms
 from tests.harness.replicas import Replica, ReplicaSet, wait_converged
-from wasmbus_testkit import NatsServer
+from tests.integration.test_introspection import statuses_by_lattice
+from wasmbus_testkit import FaultProxy, NatsServer
 
 PERIOD = 1.0
 #: Growth of a provider's resident memory an attack may cause (the flood tests send megabytes).
@@ -415,3 +425,127 @@ async def test_a_fatal_close_of_the_replication_connection_is_rebuilt(
         lambda url: repl_values(url, tag),
         "replication connection closed for good; rebuilding it",
     )
+
+
+# ------------------------------------------------------------------ forged write acks
+ACK_BOUND_MS = 800
+
+
+def _forged_acks(insider: Trust, writer_key: bytes, subject: str, body: bytes) -> dict[str, bytes]:
+    """Every way an outsider may try to confirm a write in the peer's name, on ``subject``."""
+    outsider_key = KeyPair.generate("server")
+    # The outsider trusts the writer's (public) key, so it can do the DH with its own key.
+    outsider = Trust.from_host(
+        outsider_key.seed, [outsider_key.public_key, insider.trusted_keys[0]]
+    )
+    own_mac = seal_for(outsider, writer_key, body, subject)
+    mac_of_own = own_mac[len(MAC_MAGIC) + SIGNER_BYTES : MAC_HEADER_BYTES]
+    claimed = insider.raw_signer  # the trusted key the outsider would like to speak for
+    return {
+        "unsigned": body,
+        "signed with its own key": seal(outsider, body),
+        "MAC with its own key": own_mac,
+        "MAC with its own key, naming the trusted sender": MAC_MAGIC + claimed + mac_of_own + body,
+        "MAC with no key": MAC_MAGIC
+        + claimed
+        + hashlib.blake2b(body, digest_size=32).digest()
+        + body,
+        "zero MAC": MAC_MAGIC + claimed + bytes(32) + body,
+        "trusted MAC captured on another ack subject": seal_for(
+            insider, writer_key, body, subject + "x"
+        ),
+    }
+
+
+@pytest.mark.parametrize("mode", ["nats", "jetstream"])
+async def test_forged_acks_do_not_release_a_write_before_its_bound(
+    replicas: ReplicaSet, fault_proxy: FaultProxy, intruder: NATS, mode: str
+) -> None:
+    """The peer is partitioned; an outsider floods the writer's ack subject with acks in the
+    peer's name (unsigned, signed or MACed with its own key, MACed with no key, a trusted MAC
+    moved from another subject). The write still waits the whole WRITE_ACK_TIMEOUT_MS and the
+    peer is marked lagging. A control flood of acks MACed with the trusted key, on a fresh
+    write, does release it at once: the forgeries were aimed right."""
+    tag = uuid.uuid4().hex[:8]
+    extra = {"REPLICATION": mode, "CACHE_PREFIX": f"atk-{tag}"}
+    extra["WRITE_ACK_TIMEOUT_MS"] = str(ACK_BOUND_MS)
+    peer = replicas.add("peer", repl_values(fault_proxy.url, tag, **extra))
+    writer = replicas.add("writer", repl_values(replicas.lattice_url, tag, **extra))
+    await replicas.start(peer, writer)
+    await peer.client.set("hello-from-peer", "1")
+    await writer.client.set("hello-from-writer", "1")
+    await wait_converged(lambda: _has(writer, "hello-from-peer", "1"))
+    await wait_converged(lambda: _has(peer, "hello-from-writer", "1"))
+    await asyncio.sleep(1.5 * PERIOD)  # each has heard the other: they are peers
+    docs = await statuses_by_lattice(replicas.nc, 2)
+    # Node ids are in every (signed, not secret) replication message; read here for brevity.
+    peer_node = docs[peer.lattice]["replication"]["node"]
+    writer_node = docs[writer.lattice]["replication"]["node"]
+    assert peer_node in docs[writer.lattice]["replication"]["peers"]
+    if mode == "nats":
+        subject = f"atk.{tag}.replay.node.{writer_node}"
+    else:
+        subject = f"kvcache.lc.atk-{tag}.ack.{writer_node}"
+    # Batch numbers (plain mode) or stream sequences (JetStream: up to the largest) that
+    # cover every write of this test.
+    body = m.encode(Message(Kind.ACK, peer_node, acks=[*range(1, m.MAX_ACKS), 2**40]))
+    insider = Trust.from_host(replicas.cluster.seed, [replicas.cluster.public_key])
+    writer_key = insider.raw_signer  # the harness's hosts share the lattice's cluster key
+    forged = _forged_acks(insider, writer_key, subject, body)
+    fault_proxy.blackhole()
+
+    async def timed_write(key: str, flood: list[bytes]) -> float:
+        stop = asyncio.Event()
+
+        async def keep_flooding() -> None:
+            # Stopped by an event, not cancelled: nats-py's publish and flush may swallow a
+            # cancellation, which left the flood running for ever.
+            while not stop.is_set():
+                for data in flood:
+                    await intruder.publish(subject, data)
+                await intruder.flush()
+                await asyncio.sleep(0.005)
+
+        flooding = asyncio.ensure_future(keep_flooding())
+        try:
+            await asyncio.sleep(0.05)  # the flood is under way before the write goes out
+            started = time.monotonic()
+            await writer.client.set(key, "v")
+            return time.monotonic() - started
+        finally:
+            stop.set()
+            await asyncio.wait_for(flooding, timeout=5)
+
+    # Control: the trusted key's MAC, bound to this subject, is an ack the writer accepts.
+    control = await timed_write("control", [seal_for(insider, writer_key, body, subject)])
+    assert control < ACK_BOUND_MS / 1000 / 2, f"a trusted ack did not release it: {control:.3f}s"
+    health = await writer.health()
+    assert health.healthy and "lagging" not in (health.message or ""), health
+    untrusted_before = (await counters(replicas, writer))["untrusted_messages"]
+
+    elapsed = await timed_write("forged", list(forged.values()))
+    assert elapsed >= ACK_BOUND_MS / 1000 - 0.01, f"a forged ack released it after {elapsed:.3f}s"
+    assert elapsed < ACK_BOUND_MS / 1000 + 1.0, f"the bound did not hold: {elapsed:.3f}s"
+    health = await writer.health()
+    assert (
+        health.healthy
+        and "lagging" in (health.message or "")
+        and peer_node in (health.message or "")
+    ), health
+    status = await counters(replicas, writer)
+    assert status["lagging_peers"] == [peer_node]
+    assert status["untrusted_messages"] - untrusted_before >= len(forged)
+    assert "replication message dropped" in writer.log_text()
+    # Later writes do not wait for the lagging peer; the forgeries never changed any data.
+    started = time.monotonic()
+    await writer.client.set("after", "v")
+    assert time.monotonic() - started < ACK_BOUND_MS / 1000 / 2
+    fault_proxy.heal()
+    await wait_converged(lambda: _has(peer, "forged", "v"), timeout=10)
+    assert (await writer.client.get("forged")).value == "v"
+
+
+async def counters(replicas: ReplicaSet, replica: Replica) -> dict[str, Any]:
+    """``replica``'s replication section of its ``$SRV.STATS`` status document."""
+    docs = await statuses_by_lattice(replicas.nc, sum(r.is_running() for r in replicas.replicas))
+    return docs[replica.lattice]["replication"]

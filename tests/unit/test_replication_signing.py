@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+from typing import Any, cast
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nats.aio.msg import Msg
 
 from contract.nkeys import KeyPair
 from provider.replication import messages as m
+from provider.replication.channel import SignedChannel
 from provider.replication.signing import (
     HEADER_BYTES,
+    MAC_HEADER_BYTES,
+    MAC_MAGIC,
     Trust,
     TrustError,
     UntrustedMessage,
     Verifier,
     seal,
+    seal_for,
 )
+from provider.store import BUCKETS
 from provider.store.codec import new_node_id
 
 CLUSTER = KeyPair.generate("cluster")
@@ -76,3 +84,186 @@ def test_trusted_garbage_bodies_raise_only_the_decoders_error(body: bytes) -> No
     assert opened == body and len(seal(TRUST, body)) == HEADER_BYTES + len(body)
     with contextlib.suppress(m.MessageError):
         m.decode(opened)
+
+
+# ---------------------------------------------------------------------- pair MACs (acks)
+WRITER = KeyPair.generate("server")
+ACKER = KeyPair.generate("server")
+THIRD = KeyPair.generate("server")
+ISSUERS = [WRITER.public_key, ACKER.public_key, THIRD.public_key]
+AT_WRITER = Trust.from_host(WRITER.seed, ISSUERS)
+AT_ACKER = Trust.from_host(ACKER.seed, ISSUERS)
+AT_THIRD = Trust.from_host(THIRD.seed, ISSUERS)
+WRITER_OPENS = Verifier(AT_WRITER, 2**20)
+ACK_SUBJECT = "kvcache.lc.p.ack.writer"
+ACK = m.encode(m.Message(m.Kind.ACK, new_node_id(), acks=[7]))
+
+
+def test_a_pair_mac_opens_for_its_recipient_with_the_senders_key() -> None:
+    sealed = seal_for(AT_ACKER, AT_WRITER.raw_signer, ACK, ACK_SUBJECT)
+    assert sealed.startswith(MAC_MAGIC) and len(sealed) == MAC_HEADER_BYTES + len(ACK)
+    assert WRITER_OPENS.open_mac(sealed, ACK_SUBJECT) == (AT_ACKER.raw_signer, ACK)
+    # Both ends derive the same pair key, and each derives it once.
+    assert AT_ACKER.pairs.get(AT_WRITER.raw_signer) == AT_WRITER.pairs.get(AT_ACKER.raw_signer)
+    back = seal_for(AT_WRITER, AT_ACKER.raw_signer, ACK, ACK_SUBJECT)
+    assert Verifier(AT_ACKER, 2**20).open_mac(back, ACK_SUBJECT) == (AT_WRITER.raw_signer, ACK)
+
+
+def test_hosts_sharing_one_key_mac_to_themselves() -> None:
+    """One cluster key on every host: sender, recipient and both ends of the pair are one key."""
+    sealed = seal_for(TRUST, TRUST.raw_signer, ACK, ACK_SUBJECT)
+    assert VERIFIER.open_mac(sealed, ACK_SUBJECT) == (TRUST.raw_signer, ACK)
+    with pytest.raises(UntrustedMessage, match="bad MAC"):
+        VERIFIER.open_mac(sealed, "kvcache.lc.p.ack.another-writer")
+
+
+def test_a_mac_from_a_key_outside_cluster_issuers_is_refused() -> None:
+    # The outsider knows the writer's public key and does the DH with its own key: a
+    # well-formed MAC, from a key nobody trusts.
+    outsider = Trust.from_host(OUTSIDER.seed, [OUTSIDER.public_key, WRITER.public_key])
+    sealed = seal_for(outsider, AT_WRITER.raw_signer, ACK, ACK_SUBJECT)
+    with pytest.raises(UntrustedMessage, match="outside cluster_issuers"):
+        WRITER_OPENS.open_mac(sealed, ACK_SUBJECT)
+    # Naming a trusted sender does not help: its MAC was made with the outsider's pair key.
+    renamed = MAC_MAGIC + AT_ACKER.raw_signer + sealed[len(MAC_MAGIC) + 32 :]
+    with pytest.raises(UntrustedMessage, match="bad MAC"):
+        WRITER_OPENS.open_mac(renamed, ACK_SUBJECT)
+    # Nor does a MAC made with no key at all.
+    unkeyed = hashlib.blake2b(ACK, digest_size=32).digest()
+    with pytest.raises(UntrustedMessage, match="bad MAC"):
+        WRITER_OPENS.open_mac(MAC_MAGIC + AT_ACKER.raw_signer + unkeyed + ACK, ACK_SUBJECT)
+    with pytest.raises(ValueError, match="no pair key"):
+        seal_for(AT_ACKER, outsider.raw_signer, ACK)
+
+
+def test_a_mac_made_for_another_recipient_or_reflected_is_refused() -> None:
+    for_third = seal_for(AT_ACKER, AT_THIRD.raw_signer, ACK, ACK_SUBJECT)
+    assert Verifier(AT_THIRD, 2**20).open_mac(for_third, ACK_SUBJECT)[1] == ACK
+    with pytest.raises(UntrustedMessage, match="bad MAC"):
+        WRITER_OPENS.open_mac(for_third, ACK_SUBJECT)
+    # The pair key is symmetric; the direction is not: the writer's own MAC for the acker,
+    # reflected back to the writer (as it stands, or naming the acker as sender), fails.
+    reflected = seal_for(AT_WRITER, AT_ACKER.raw_signer, ACK, ACK_SUBJECT)
+    with pytest.raises(UntrustedMessage, match="bad MAC"):
+        WRITER_OPENS.open_mac(reflected, ACK_SUBJECT)
+    swapped = MAC_MAGIC + AT_ACKER.raw_signer + reflected[len(MAC_MAGIC) + 32 :]
+    with pytest.raises(UntrustedMessage, match="bad MAC"):
+        WRITER_OPENS.open_mac(swapped, ACK_SUBJECT)
+
+
+def test_tampered_truncated_and_oversized_macs_are_refused() -> None:
+    sealed = seal_for(AT_ACKER, AT_WRITER.raw_signer, ACK, ACK_SUBJECT)
+    with pytest.raises(UntrustedMessage, match="bad MAC"):
+        WRITER_OPENS.open_mac(sealed, ACK_SUBJECT + "x")  # another binding
+    with pytest.raises(UntrustedMessage, match="bad MAC"):
+        WRITER_OPENS.open_mac(sealed)
+    for index in (len(MAC_MAGIC) + 32, MAC_HEADER_BYTES - 1, MAC_HEADER_BYTES, len(sealed) - 1):
+        tampered = bytearray(sealed)
+        tampered[index] ^= 1
+        with pytest.raises(UntrustedMessage, match="bad MAC"):
+            WRITER_OPENS.open_mac(bytes(tampered), ACK_SUBJECT)
+    with pytest.raises(UntrustedMessage, match="bad MAC"):
+        WRITER_OPENS.open_mac(sealed + b"\x00", ACK_SUBJECT)
+    for size in range(len(sealed)):
+        with pytest.raises(UntrustedMessage):
+            WRITER_OPENS.open_mac(sealed[:size], ACK_SUBJECT)
+    with pytest.raises(UntrustedMessage, match="over the limit"):
+        Verifier(AT_WRITER, 100).open_mac(seal_for(AT_ACKER, AT_WRITER.raw_signer, b"y" * 200), "")
+    with pytest.raises(UntrustedMessage, match="binding too long"):
+        WRITER_OPENS.open_mac(sealed, "x" * 5000)
+
+
+def test_signatures_and_macs_are_never_taken_for_each_other() -> None:
+    with pytest.raises(UntrustedMessage, match="only a signature"):
+        WRITER_OPENS.open_signed(seal_for(AT_ACKER, AT_WRITER.raw_signer, ACK))
+    with pytest.raises(UntrustedMessage, match="no pair MAC"):
+        WRITER_OPENS.open_mac(seal(AT_ACKER, ACK))
+    assert WRITER_OPENS.open_signed(seal(AT_ACKER, ACK)) == (AT_ACKER.raw_signer, ACK)
+
+
+def test_a_trusted_key_that_gives_no_pair_key_is_refused_both_ways() -> None:
+    identity = b"\x01" + bytes(31)  # the Ed25519 neutral element: small order, no DH
+    trust = Trust(WRITER, frozenset({AT_WRITER.raw_signer, identity}))
+    assert trust.pairs.get(identity) is None
+    with pytest.raises(ValueError, match="no pair key"):
+        seal_for(trust, identity, ACK)
+    forged = MAC_MAGIC + identity + bytes(32) + ACK
+    with pytest.raises(UntrustedMessage, match="outside cluster_issuers"):
+        Verifier(trust, 2**20).open_mac(forged)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from([b"", MAC_MAGIC, MAC_MAGIC + AT_ACKER.raw_signer, MAC_MAGIC + bytes(32)]),
+    st.binary(max_size=400),
+    st.text(max_size=40),
+)
+def test_arbitrary_bytes_raise_only_untrusted_message_as_macs(
+    prefix: bytes, data: bytes, binding: str
+) -> None:
+    with contextlib.suppress(UntrustedMessage):
+        WRITER_OPENS.open_mac(prefix + data, binding)
+    with contextlib.suppress(UntrustedMessage):
+        WRITER_OPENS.open_signed(prefix + data, binding)
+
+
+# ---------------------------------------------------------------------- the channel's side
+class _Log:
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self.lines.append({"event": event, **fields})
+
+
+def _channel(trust: Trust) -> tuple[SignedChannel, dict[str, int]]:
+    counters: dict[str, int] = {}
+    return SignedChannel(trust, counters, _Log()), counters
+
+
+def _msg(subject: str, data: bytes) -> Msg:
+    return Msg(cast(Any, None), subject=subject, data=data)
+
+
+def test_the_channel_takes_a_mac_only_for_acks_where_it_expects_them() -> None:
+    channel, counters = _channel(AT_WRITER)
+    ack = _msg(ACK_SUBJECT, seal_for(AT_ACKER, AT_WRITER.raw_signer, ACK, ACK_SUBJECT))
+    opened = channel.open(ack, (m.Kind.ACK,), mac_kinds=m.MAC_KINDS)
+    assert opened is not None and opened.acks == [7] and opened.signer == AT_ACKER.raw_signer
+    # Signed acks (older peers, or no pair key) still open there, and say who signed.
+    signed = channel.open(_msg(ACK_SUBJECT, seal(AT_ACKER, ACK)), mac_kinds=m.MAC_KINDS)
+    assert signed is not None and signed.signer == AT_ACKER.raw_signer
+    assert counters == {"untrusted_messages": 0, "dropped_messages": 0}
+    # Where no MAC is expected, even a valid one is refused before decoding.
+    assert channel.open(ack, (m.Kind.ACK,)) is None
+    assert counters["untrusted_messages"] == 1
+    # A MAC is not enough for any other kind, even on the ack subject.
+    others = set(m.Kind) - m.MAC_KINDS
+    for kind in others:
+        message = m.Message(kind, new_node_id(), digests=[0] * BUCKETS, buckets=[0])
+        message.sub_digests = [{}]
+        body = m.encode(message)
+        assert m.decode(body).type == kind
+        mac = _msg(ACK_SUBJECT, seal_for(AT_ACKER, AT_WRITER.raw_signer, body, ACK_SUBJECT))
+        assert channel.open(mac, mac_kinds=m.MAC_KINDS) is None, kind
+    assert counters["untrusted_messages"] == 1 + len(others)
+    # Bound to the subject it was published on.
+    moved = _msg("kvcache.lc.p.ack.other", ack.data)
+    assert channel.open(moved, mac_kinds=m.MAC_KINDS) is None
+    assert counters == {"untrusted_messages": 2 + len(others), "dropped_messages": 0}
+
+
+async def test_the_channel_macs_for_a_known_recipient_and_signs_otherwise() -> None:
+    channel, _ = _channel(AT_ACKER)
+    sent: list[bytes] = []
+
+    class _Conn:
+        async def publish(self, subject: str, data: bytes) -> None:
+            assert subject == ACK_SUBJECT
+            sent.append(data)
+
+    channel.nc = cast(Any, _Conn())
+    await channel.publish_to(ACK_SUBJECT, ACK, AT_WRITER.raw_signer)
+    await channel.publish_to(ACK_SUBJECT, ACK, b"")
+    assert WRITER_OPENS.open_mac(sent[0], ACK_SUBJECT) == (AT_ACKER.raw_signer, ACK)
+    assert WRITER_OPENS.open_signed(sent[1]) == (AT_ACKER.raw_signer, ACK)
