@@ -12,9 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from provider.store import Change
+
+if TYPE_CHECKING:
+    from .acks import AckTracker
+    from .clockguard import ClockGuard
 
 #: Replication may be down this long (or two anti-entropy periods, if longer) before health
 #: says so: long enough to ride out a server restart or a leader election.
@@ -35,6 +39,39 @@ class ReplicationError(Exception):
 class ReplicationHealth:
     healthy: bool
     message: str | None = None
+
+
+def running_health(replaying: bool, clock_guard: ClockGuard, acks: AckTracker) -> ReplicationHealth:
+    """Healthy, with the notes both backends add: a replay under way, peers whose stamps we
+    refuse, peers that lag."""
+    notes = ["replaying"] if replaying else []
+    notes += clock_guard.notes()
+    lagging = acks.lagging_note()
+    if lagging:
+        notes.append(lagging)
+    return ReplicationHealth(True, "; ".join(notes) or None)
+
+
+def peer_status(
+    *,
+    connected: bool,
+    replaying: bool,
+    write_ack: str,
+    peers: list[str],
+    clock_guard: ClockGuard,
+    acks: AckTracker,
+) -> dict[str, object]:
+    """The part of :meth:`Replicator.status` both backends show, in the order they show it."""
+    return {
+        "connected": connected,
+        "replaying": replaying,
+        "write_ack": write_ack,
+        "peers": peers,
+        "lagging_peers": sorted(acks.lagging),
+        "ack_timeouts": acks.timeouts,
+        "clock_offenders": clock_guard.offenders(),
+        "refused_by": clock_guard.refusers(),
+    }
 
 
 class Replicator(Protocol):

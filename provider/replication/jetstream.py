@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import gc
 import hashlib
 import itertools
 import random
@@ -34,21 +33,28 @@ import msgpack
 import structlog
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError
 
 from provider.logs import redact_url
-from provider.natsconn import connect_forever
 from provider.store import Change, KeyValueStore
 from provider.store.codec import ChangeDecodeError, decode_change, encode_change, is_node_id
 from provider.supervisor import Supervisor
 
 from . import messages as m
 from .acks import AckTracker, report_late
-from .base import ReplicationError, ReplicationHealth, health_grace_secs
+from .base import (
+    ReplicationError,
+    ReplicationHealth,
+    health_grace_secs,
+    peer_status,
+    running_health,
+)
+from .bulkload import BulkLoad
 from .channel import SignedChannel
 from .clockguard import ClockGuard
 from .config import ReplicationConfig
+from .connection import ConnectionKeeper
 from .messages import MAX_MESSAGE_BYTES, Kind
 from .peers import PeerTracker
 from .signing import HEADER_BYTES, Trust, UntrustedMessage, Verifier, seal
@@ -121,12 +127,21 @@ def decode_record_and_writer(data: bytes) -> tuple[Change, str]:
     return decode_change(body), writer if is_node_id(writer) else ""
 
 
+def stream_name(config: ReplicationConfig) -> str:
+    """``LATTICECACHE_{prefix}`` (the prefix is a valid stream-name token: ReplicationConfig)."""
+    return f"LATTICECACHE_{config.cache_prefix}"
+
+
+def stream_subject(config: ReplicationConfig) -> str:
+    """The subjects of the stream's records: ``lc.{prefix}.>``."""
+    return f"lc.{config.cache_prefix}.>"
+
+
 def stream_settings(config: ReplicationConfig) -> api.StreamConfig:
     """The stream we create when none exists (issue-specified defaults, operator overrides)."""
-    prefix = config.cache_prefix  # already a valid stream-name token (ReplicationConfig)
     return api.StreamConfig(
-        name=f"LATTICECACHE_{prefix}",
-        subjects=[f"lc.{prefix}.>"],
+        name=stream_name(config),
+        subjects=[stream_subject(config)],
         retention=api.RetentionPolicy.LIMITS,
         max_consumers=-1,
         max_msgs_per_subject=1,
@@ -155,27 +170,23 @@ class JetStreamReplicator:
         self.trust = trust
         self._verifier = Verifier(trust, MAX_MESSAGE_BYTES + HEADER_BYTES + 64 * 1024)
         self.supervisor = Supervisor(clock=clock)
-        self._stopping = False
         self._announcing = False
         self._applied_seq = 0
         self._ready = asyncio.Event()
         self._created = clock()
         self._drop_logs: list[float] = []
         self.settings = stream_settings(config)
-        self.stream = self.settings.name
-        self._prefix = self.settings.subjects[0][:-1]  # "lc.{prefix}."
+        self.stream = stream_name(config)
+        self._subject = stream_subject(config)
+        self._prefix = self._subject[:-1]  # "lc.{prefix}."
         self._clock = clock
-        self._nc: NATS | None = None
-        self._closed = asyncio.Event()
-        self._js = None
+        self._js: JetStreamContext | None = None
         self._seqs: dict[str, int] = {}
-        self._waiting: dict[str, list[asyncio.Future]] = {}
+        self._waiting: dict[str, list[asyncio.Future[None]]] = {}
         self._driving: set[str] = set()
         self._ids = itertools.count(1)
         self._problem: str | None = None
         self._failed = False
-        self._down_since: float | None = clock()
-        self._replaying = True
         self._replay_target = 0
         self.counters = {
             "writes": 0,
@@ -202,9 +213,20 @@ class JetStreamReplicator:
         self.peers = PeerTracker(expiry_secs=max(3 * config.heartbeat_secs, 15.0))
         self._ack_subject = f"kvcache.lc.{config.cache_prefix}.ack"
         self._presence_subject = f"kvcache.lc.{config.cache_prefix}.presence"
-        self._acks_due: dict[str, int] = {}
-        self.replay_seconds: float | None = None
-        self._last_progress_log = 0.0
+        #: Writer -> (its raw key, for the ack's pair MAC; the stream sequence to confirm).
+        self._acks_due: dict[str, tuple[bytes, int]] = {}
+        self.connection = ConnectionKeeper(
+            label="jetstream",
+            url=config.nats_url,
+            options=lambda: config.connect_options(CONNECTION_NAME, ping_interval=2.0),
+            clock=clock,
+            acks=self.acks,
+            supervisor=self.supervisor,
+            log=log,
+            grace_secs=health_grace_secs(),  # no heartbeat here: the minimum grace
+            on_unreachable=self._unreachable,
+        )
+        self.load = BulkLoad(log)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -212,78 +234,49 @@ class JetStreamReplicator:
         self.supervisor.spawn("jetstream", self._run)
 
     async def stop(self) -> None:
-        self._stopping = True
-        self.acks.release_all()
-        await self.supervisor.stop(timeout=1.0)
-        if self._nc is not None and not self._nc.is_closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._nc.close(), timeout=1.0)
+        await self.connection.stop()
 
     async def _run(self) -> None:
-        """Connect, subscribe and tail the stream; rebuild the connection whenever it closes.
+        """Connect, subscribe and tail the stream; rebuild the connection whenever nats-py
+        closes it for good (see :mod:`.connection`)."""
+        await self.connection.run(self._set_up)
 
-        nats-py reconnects by itself after most failures, but gives up for good on some (a
-        protocol or authorization error the server answers by closing the connection). Those
-        must not end replication: the whole connection is built anew and the stream replayed
-        from the start (merging is idempotent), as at start-up.
+    async def _set_up(self, nc: NATS, first: bool) -> None:
+        """Subscribe on a fresh connection, then tail the stream once it is usable.
+
+        A rebuilt connection replays the stream from the start (merging is idempotent), as at
+        start-up.
         """
-        while not self._stopping:
-            await self._close_connection()
-            self._closed = asyncio.Event()
-            nc = self._nc = await self._connect()
-            await self.channel.attach(nc)
-            await nc.subscribe(f"{self._ack_subject}.{self.node}", cb=self._on_ack)
-            await nc.subscribe(self._presence_subject, cb=self._on_presence)
-            self._js = nc.jetstream(domain=self.config.js_domain)
-            delay = 1.0
-            while not self._closed.is_set() and not await self._start_tailing():
-                # Leader elections and restarts are transient; a missing JetStream or an
-                # unusable stream may be fixed by the operator. Meanwhile we serve local state
-                # (see health).
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            await self._closed.wait()
-            if self._stopping:
-                return
-            if self._down_since is None:
-                self._down_since = self._clock()
-            self.acks.release_all()
-            log.warning("jetstream connection closed for good; rebuilding it")
+        await self.channel.attach(nc)
+        await nc.subscribe(f"{self._ack_subject}.{self.node}", cb=self._on_ack)
+        await nc.subscribe(self._presence_subject, cb=self._on_presence)
+        self._js = nc.jetstream(domain=self.config.js_domain)
+        delay = 1.0
+        while not self.connection.closed_for_good and not await self._start_tailing():
+            # Leader elections and restarts are transient; a missing JetStream or an
+            # unusable stream may be fixed by the operator. Meanwhile we serve local state
+            # (see health).
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
 
-    async def _connect(self) -> NATS:
-        cfg = self.config
+    def _unreachable(self, error: Exception) -> None:
+        url = redact_url(self.config.nats_url)
+        self._problem = f"JetStream server {url} unreachable: {error}"
 
-        def report(error: Exception) -> None:
-            self._problem = f"JetStream server {redact_url(cfg.nats_url)} unreachable: {error}"
-            log.warning(
-                "jetstream server unreachable", url=redact_url(cfg.nats_url), error=str(error)
-            )
-
-        nc = await connect_forever(
-            cfg.connect_options(CONNECTION_NAME, ping_interval=2.0),
-            report,
-            disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected,
-            closed_cb=self._on_closed,
-        )
-        self._down_since = None
-        return nc
-
-    async def _close_connection(self) -> None:
-        nc, self._nc = self._nc, None
-        if nc is not None and not nc.is_closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), timeout=1.0)
+    @property
+    def _jetstream(self) -> JetStreamContext:
+        """The JetStream context of the current connection (made before anything uses it)."""
+        if self._js is None:
+            raise ReplicationError("replication: not connected to JetStream yet")
+        return self._js
 
     async def _start_tailing(self) -> bool:
         """Check the stream and start the replay-then-tail consumer; False on failure."""
         try:
             info = await self._ensure_stream()
-            started = time.perf_counter()
             self._replay_target = info.state.last_seq
-            self._replay_started = started
-            gc.disable()  # see NatsReplicator._replay: bulk loads and the cyclic GC don't mix
-            await self._js.subscribe(
+            self.load.begin()  # the cyclic GC pauses until the replay ends (see .bulkload)
+            await self._jetstream.subscribe(
                 f"{self._prefix}>",
                 stream=self.stream,
                 ordered_consumer=True,
@@ -291,30 +284,29 @@ class JetStreamReplicator:
                 cb=self._on_record,
             )
         except Exception as error:
-            gc.enable()
+            self.load.abandon()
+            reason = str(error) or type(error).__name__
             problem = (
-                f"JetStream unavailable for stream {self.stream}: {error or type(error).__name__}; "
+                f"JetStream unavailable for stream {self.stream}: {reason}; "
                 "serving local state only, retrying"
             )
             if problem != self._problem:
                 log.error("jetstream mode cannot run yet", error=problem)
             self._problem = problem
             self._failed = True  # a plain local map until it works, as the health message says
-            self._replaying = False
             return False
         if self._failed:
             log.info("jetstream mode running", stream=self.stream)
         self._problem = None
         self._failed = False
         self._ready.set()
-        self._replaying = True
         if info.state.messages == 0:
-            self._finish_replay(started)
+            self._finish_replay()
         return True
 
     async def _ensure_stream(self) -> api.StreamInfo:
         """Use an existing stream exactly as it is; create ours only when there is none."""
-        jsm = self._js
+        jsm = self._jetstream
         try:
             info = await jsm.stream_info(self.stream)
         except NotFoundError:
@@ -327,7 +319,7 @@ class JetStreamReplicator:
             )
             return info
         existing = info.config
-        wanted = self.settings.subjects[0]
+        wanted = self._subject
         if not any(_covers(pattern, wanted) for pattern in existing.subjects or ()):
             raise ReplicationError(
                 f"the existing stream's subjects {existing.subjects} do not capture {wanted}"
@@ -351,13 +343,13 @@ class JetStreamReplicator:
         return info
 
     # ------------------------------------------------------------------ writes
-    def publish(self, change: Change):
+    def publish(self, change: Change) -> asyncio.Future[None] | None:
         """Return an awaitable that completes once JetStream holds the key's merged state."""
         if self._failed:
             return None  # the stream is unusable: serve local state only (health reports it)
         return self._persist(change.key)
 
-    def _persist(self, key: str) -> asyncio.Future:
+    def _persist(self, key: str) -> asyncio.Future[None]:
         """Group commit: writes to one key that arrive while its publish is under way all ride
         the next publish, which carries every one of them (it sends the key's whole merged
         state). One instance then never races itself, and hot keys need far fewer publishes."""
@@ -409,13 +401,15 @@ class JetStreamReplicator:
         write_id = next(self._ids)
         for attempt in range(MAX_ATTEMPTS):
             entry = self.store.entry(key)
+            if entry is None:  # forgotten meanwhile (a tombstone past its horizon)
+                raise ReplicationError("replication: the key is no longer held; nothing to store")
             body = seal_record(self.trust, Change(key, entry), subject, self.node)
             headers = {
                 "Nats-Expected-Last-Subject-Sequence": str(self._seqs.get(subject, 0)),
                 "Nats-Msg-Id": f"{self.store.node_id}-{write_id}-{attempt}",
             }
             try:
-                ack = await self._js.publish(
+                ack = await self._jetstream.publish(
                     subject, body, timeout=PUBLISH_TIMEOUT, stream=self.stream, headers=headers
                 )
             except APIError as error:
@@ -440,11 +434,13 @@ class JetStreamReplicator:
     async def _reload(self, subject: str) -> None:
         """Merge the stream's current state of ``subject`` after losing a write race."""
         try:
-            raw = await self._js.get_last_msg(self.stream, subject)
+            raw = await self._jetstream.get_last_msg(self.stream, subject)
         except NotFoundError:
             self._seqs.pop(subject, None)  # purged meanwhile: expect an empty subject
             return
-        self._apply(raw.data, subject, raw.seq)
+        if raw.seq is None:  # not a stored message: nothing to merge, no sequence to note
+            return
+        self._apply(raw.data or b"", subject, raw.seq)
 
     async def _await_peers(self, seq: int) -> None:
         """Hold the write until every live, non-lagging peer applied stream sequence ``seq``."""
@@ -463,7 +459,7 @@ class JetStreamReplicator:
 
     async def _on_ack(self, msg: Msg) -> None:
         """Messages addressed to this writer: acks of applied records, and clock notices."""
-        message = self.channel.open(msg, (Kind.ACK, Kind.CLOCK_REFUSED))
+        message = self.channel.open(msg, (Kind.ACK, Kind.CLOCK_REFUSED), mac_kinds=m.MAC_KINDS)
         if message is None:
             return
         if message.type == Kind.CLOCK_REFUSED:
@@ -491,19 +487,21 @@ class JetStreamReplicator:
             self.acks.forget(p.node for p in self.peers.live(self._clock()))
             await asyncio.sleep(self.config.heartbeat_secs)
 
-    def _queue_ack(self, writer: str, seq: int) -> None:
+    def _queue_ack(self, writer: str, seq: int, key: bytes = b"") -> None:
+        """Confirm to ``writer`` (whose record ``key`` signed) that we applied up to ``seq``."""
         first = not self._acks_due
-        self._acks_due[writer] = max(seq, self._acks_due.get(writer, 0))
+        _, due = self._acks_due.get(writer, (key, 0))
+        self._acks_due[writer] = (key, max(seq, due))
         if first:
             self.supervisor.run_once("jetstream-acks", self._send_acks())
 
     async def _send_acks(self) -> None:
         await asyncio.sleep(0)  # one ack per writer for all records of this turn
         due, self._acks_due = self._acks_due, {}
-        for writer, seq in due.items():
+        for writer, (key, seq) in due.items():
             ack = m.encode(m.Message(Kind.ACK, self.node, acks=[seq]))
-            with contextlib.suppress(Exception):
-                await self.channel.publish(f"{self._ack_subject}.{writer}", ack)
+            with contextlib.suppress(Exception):  # under a pair MAC only ``key`` can check
+                await self.channel.publish_to(f"{self._ack_subject}.{writer}", ack, key)
 
     def _queue_clock_notice(self, writer: str, notice: bytes) -> None:
         """Tell ``writer`` we refuse its stamps (rate-limited by the clock guard)."""
@@ -516,54 +514,41 @@ class JetStreamReplicator:
     # ------------------------------------------------------------------ reads
     async def _on_record(self, msg: Msg) -> None:
         meta = msg.metadata
-        writer = self._apply(msg.data, msg.subject, meta.sequence.stream)
+        writer, signer = self._apply(msg.data, msg.subject, meta.sequence.stream)
         self._applied_seq = max(self._applied_seq, meta.sequence.stream)
         if writer and writer != self.node:
-            self._queue_ack(writer, meta.sequence.stream)
-        if not self._replaying:
+            self._queue_ack(writer, meta.sequence.stream, signer)
+        if not self.load.loading:
             return
         if meta.num_pending == 0 or meta.sequence.stream >= self._replay_target:
-            self._finish_replay(self._replay_started)
+            self._finish_replay()
         elif self.counters["applied"] % 4096 == 0:
-            self._log_progress(meta.num_pending)
+            self.load.progress(self.counters["applied"], meta.num_pending)
 
-    def _log_progress(self, pending: int) -> None:
-        """About once a second during a large replay: keys merged per second and an ETA."""
-        now = time.perf_counter()
-        if now - self._last_progress_log < 1.0:
-            return
-        self._last_progress_log = now
-        rate = self.counters["applied"] / max(now - self._replay_started, 1e-9)
-        log.info(
-            "replay progress",
-            merged=self.counters["applied"],
-            keys_per_sec=int(rate),
-            eta_secs=round(pending / rate, 1) if rate else None,
-        )
-
-    def _apply(self, data: bytes, subject: str, seq: int) -> str:
-        """Merge one stream record, if it is trusted and valid.
+    def _apply(self, data: bytes, subject: str, seq: int) -> tuple[str, bytes]:
+        """Merge one stream record, if it is trusted and valid: its writer and signer's key.
 
         Its sequence is noted even when it is dropped: it *is* the subject's latest message, so
         our next write on that key replaces it (a forged record must not wedge the key).
         """
         self._note_seq(subject, seq)
         try:
-            change, writer = decode_record_and_writer(self._verifier.open(data, subject))
+            signer, body = self._verifier.open_signed(data, subject)
+            change, writer = decode_record_and_writer(body)
         except UntrustedMessage as error:
             self._drop("untrusted_messages", subject, str(error))
-            return ""
+            return "", b""
         except ChangeDecodeError as error:
             self._drop("dropped_messages", subject, str(error))
-            return ""
+            return "", b""
         if self._prefix + key_token(change.key) != subject:
             self._drop("dropped_messages", subject, "the record names another key")
-            return ""
+            return "", b""
         if not self.clock_guard.allows(writer, [change]):
-            return ""  # counted, logged once per writer, and the writer told
+            return "", b""  # counted, logged once per writer, and the writer told
         self.store.apply(change)
         self.counters["applied"] += 1
-        return writer
+        return writer, signer
 
     def _drop(self, counter: str, subject: str, reason: str) -> None:
         self.counters[counter] += 1
@@ -577,14 +562,9 @@ class JetStreamReplicator:
         if seq > self._seqs.get(subject, 0):
             self._seqs[subject] = seq
 
-    def _finish_replay(self, started: float) -> None:
-        gc.freeze()
-        gc.enable()
-        self._replaying = False
-        self.replay_seconds = time.perf_counter() - started
-        log.info(
-            "stream replay complete", keys=len(self._seqs), seconds=round(self.replay_seconds, 3)
-        )
+    def _finish_replay(self) -> None:
+        seconds = self.load.finish()
+        log.info("stream replay complete", keys=len(self._seqs), seconds=round(seconds, 3))
         if not self._announcing:
             self._announcing = True
             self.supervisor.spawn("jetstream-presence", self._announce_forever)
@@ -599,44 +579,28 @@ class JetStreamReplicator:
         refused = self.clock_guard.problem()
         if refused:
             return ReplicationHealth(False, refused)
-        down_for = 0.0 if self._down_since is None else self._clock() - self._down_since
-        if down_for > health_grace_secs():  # no heartbeat here: the minimum grace
+        if self.connection.outage() is not None:
             return ReplicationHealth(
                 False,
                 f"JetStream connection to {redact_url(self.config.nats_url)} down; "
                 "serving local state",
             )
-        notes = ["replaying"] if self._replaying else []
-        notes += self.clock_guard.notes()
-        lagging = self.acks.lagging_note()
-        if lagging:
-            notes.append(lagging)
-        return ReplicationHealth(True, "; ".join(notes) or None)
+        return running_health(self.load.loading, self.clock_guard, self.acks)
 
-    def status(self) -> dict:
+    def status(self) -> dict[str, object]:
         return {
             "mode": self.name,
             "node": self.node,
             "stream": self.stream,
-            "connected": self._down_since is None,
-            "replaying": self._replaying,
-            "write_ack": self.config.write_ack,
-            "peers": [p.node for p in self.peers.live(self._clock())],
-            "lagging_peers": sorted(self.acks.lagging),
-            "ack_timeouts": self.acks.timeouts,
-            "clock_offenders": self.clock_guard.offenders(),
-            "refused_by": self.clock_guard.refusers(),
+            **peer_status(
+                connected=self.connection.connected,
+                replaying=self.load.loading,
+                write_ack=self.config.write_ack,
+                peers=[p.node for p in self.peers.live(self._clock())],
+                clock_guard=self.clock_guard,
+                acks=self.acks,
+            ),
             "keys_in_stream": len(self._seqs),
-            "replay_seconds": self.replay_seconds,
+            "replay_seconds": self.load.seconds,
             **self.counters,
         }
-
-    async def _on_disconnected(self) -> None:
-        if self._down_since is None:
-            self._down_since = self._clock()
-
-    async def _on_reconnected(self) -> None:
-        self._down_since = None
-
-    async def _on_closed(self) -> None:
-        self._closed.set()

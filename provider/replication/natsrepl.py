@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import time
 from collections.abc import Callable
 
@@ -36,7 +35,6 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from provider.logs import redact_url
-from provider.natsconn import connect_forever
 from provider.store import BUCKETS, Change, KeyValueStore
 from provider.store.hlc import wall_ms
 from provider.supervisor import Supervisor
@@ -44,10 +42,12 @@ from provider.supervisor import Supervisor
 from . import exchange
 from . import messages as m
 from .acks import AckTracker, report_late
-from .base import ReplicationHealth, health_grace_secs
+from .base import ReplicationHealth, health_grace_secs, peer_status, running_health
+from .bulkload import BulkLoad
 from .channel import SignedChannel
 from .clockguard import ClockGuard
 from .config import ReplicationConfig
+from .connection import ConnectionKeeper
 from .messages import Kind
 from .peers import PeerTracker, differing_buckets
 from .signing import Trust
@@ -95,10 +95,7 @@ class NatsReplicator:
         self.config = config
         self.node = store.node_id
         self._clock = clock
-        self._nc: NATS | None = None
-        self._stopping = False
-        self._closed = asyncio.Event()
-        self._pending: list[tuple[Change, asyncio.Future | None]] = []
+        self._pending: list[tuple[Change, asyncio.Future[None] | None]] = []
         self._wake = asyncio.Event()
         self._repairing: set[str] = set()
         self._seq = 0
@@ -109,11 +106,28 @@ class NatsReplicator:
         self.peers = PeerTracker(expiry_secs=max(3 * config.heartbeat_secs, 15.0))
         self.acks = AckTracker()
         self.supervisor = Supervisor(clock=clock)
-        self._down_since: float | None = clock()
-        self._replaying = True
+        self.connection = ConnectionKeeper(
+            label="replication",
+            url=config.nats_url,
+            options=lambda: config.connect_options(
+                CONNECTION_NAME, no_echo=True, ping_interval=PING_INTERVAL_SECS
+            ),
+            clock=clock,
+            acks=self.acks,
+            supervisor=self.supervisor,
+            log=log,
+            grace_secs=health_grace_secs(config.heartbeat_secs),
+            lost_warning="replication connection lost; serving local state",
+            # Nothing can be confirmed while disconnected: answer the waiting writes.
+            on_lost=self.acks.release_all,
+            on_restored=self._on_reconnected,
+            on_error=self._on_error,
+        )
+        self.load = BulkLoad(log)
         self._last_early_round = 0.0
         self._early_round_pending = False
-        self._acks_due: dict[str, list[int]] = {}
+        #: Peer -> (its raw key, for the ack's pair MAC; the batches to confirm).
+        self._acks_due: dict[str, tuple[bytes, list[int]]] = {}
         self.counters = {
             "batches_sent": 0,
             "changes_sent": 0,
@@ -138,7 +152,6 @@ class NatsReplicator:
         )
         self.last_anti_entropy: float | None = None
         self.lag_ms: float | None = None
-        self.replay_seconds: float | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -147,87 +160,41 @@ class NatsReplicator:
         self.supervisor.spawn("replication", self._run)
 
     async def stop(self) -> None:
-        self._stopping = True  # the disconnect that follows is ours: not worth a warning
-        self.acks.release_all()
-        await self.supervisor.stop(timeout=1.0)
-        nc = self._nc
-        if nc is not None and not nc.is_closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._flush_pending(), timeout=0.5)
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), timeout=1.0)
+        await self.connection.stop(flush=self._flush_pending)
 
     async def _run(self) -> None:
-        """Connect, subscribe, replay once; rebuild the connection whenever it closes.
+        """Connect, subscribe, replay once; rebuild the connection whenever nats-py closes it
+        for good (see :mod:`.connection`)."""
+        await self.connection.run(self._set_up)
 
-        nats-py reconnects by itself after most failures, but gives up for good on some (a
-        protocol error the server answers by closing the connection). Those must not end
-        replication: the whole connection is rebuilt instead.
-        """
-        replayed = False
-        while not self._stopping:
-            await self._close_connection()
-            self._closed = asyncio.Event()
-            nc = self._nc = await self._connect()
-            await self.channel.attach(nc)
-            await nc.subscribe(self.config.events_subject, cb=self._on_batch)
-            await nc.subscribe(self._digest_subject, cb=self._on_digest)
-            await nc.subscribe(f"{self._direct_prefix}.{self.node}", cb=self._on_direct)
-            if not replayed:
-                self.supervisor.spawn("replication-flush", self._flush_forever)
-                await self._replay()
-            await nc.subscribe(
-                self.config.replay_subject, queue="kvcache-replay", cb=self._on_snapshot_hello
-            )
-            if not replayed:
-                self.supervisor.spawn("anti-entropy", self._anti_entropy_forever)
-                replayed = True
-            else:
-                self._last_early_round = 0.0
-                self._early_round()
-            await self._closed.wait()
-            if self._stopping:
-                return
-            if self._down_since is None:
-                self._down_since = self._clock()
-            self.acks.release_all()
-            log.warning("replication connection closed for good; rebuilding it")
-
-    async def _close_connection(self) -> None:
-        nc, self._nc = self._nc, None
-        if nc is not None and not nc.is_closed:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(nc.close(), timeout=1.0)
-
-    async def _connect(self) -> NATS:
-        cfg = self.config
-
-        def report(error: Exception) -> None:
-            log.warning(
-                "replication server unreachable", url=redact_url(cfg.nats_url), error=str(error)
-            )
-
-        nc = await connect_forever(
-            cfg.connect_options(CONNECTION_NAME, no_echo=True, ping_interval=PING_INTERVAL_SECS),
-            report,
-            disconnected_cb=self._on_disconnected,
-            reconnected_cb=self._on_reconnected,
-            error_cb=self._on_error,
-            closed_cb=self._on_closed,
+    async def _set_up(self, nc: NATS, first: bool) -> None:
+        """Subscribe on a fresh connection; on the first, replay once, then start the loops."""
+        log.info("replication connected", url=redact_url(self.config.nats_url), node=self.node)
+        await self.channel.attach(nc)
+        await nc.subscribe(self.config.events_subject, cb=self._on_batch)
+        await nc.subscribe(self._digest_subject, cb=self._on_digest)
+        await nc.subscribe(f"{self._direct_prefix}.{self.node}", cb=self._on_direct)
+        if first:
+            self.supervisor.spawn("replication-flush", self._flush_forever)
+            await self._replay()
+        await nc.subscribe(
+            self.config.replay_subject, queue="kvcache-replay", cb=self._on_snapshot_hello
         )
-        self._down_since = None
-        log.info("replication connected", url=redact_url(cfg.nats_url), node=self.node)
-        return nc
+        if first:
+            self.supervisor.spawn("anti-entropy", self._anti_entropy_forever)
+        else:
+            self._last_early_round = 0.0
+            self._early_round()
 
     # ------------------------------------------------------------------ live deltas
-    def publish(self, change: Change) -> asyncio.Future | None:
+    def publish(self, change: Change) -> asyncio.Future[None] | None:
         """Queue ``change`` for the next batch.
 
         With ``WRITE_ACK=peers`` and connected peers, returns a future that completes once
         every one of them confirmed the batch, or the ack bound passed (see :mod:`.acks`).
         """
         future = None
-        waits = self.config.write_ack == "peers" and self._down_since is None
+        waits = self.config.write_ack == "peers" and self.connection.connected
         if waits and self.acks.targets(self._live_peers()):
             future = asyncio.get_running_loop().create_future()
         self._pending.append((change, future))
@@ -305,26 +272,28 @@ class NatsReplicator:
         self.store.apply_many(message.changes, adopt=True)
         self.counters["changes_received"] += len(message.changes)
         if message.ack:
-            self._queue_ack(message.node, message.seq)
+            self._queue_ack(message.node, message.seq, message.signer)
         if message.sent_ms:  # wall clocks of peers differ a little; good enough for a lag gauge
             lag = max(wall_ms() - message.sent_ms, 0)
             self.lag_ms = lag if self.lag_ms is None else 0.9 * self.lag_ms + 0.1 * lag
 
-    def _queue_ack(self, peer: str, seq: int) -> None:
-        """Confirm batch ``seq`` to ``peer``; one ack message per peer per event-loop turn."""
+    def _queue_ack(self, peer: str, seq: int, key: bytes = b"") -> None:
+        """Confirm batch ``seq`` to ``peer`` (whose batch ``key`` signed); one ack message per
+        peer per event-loop turn, under a pair MAC only that key can check."""
         first = not self._acks_due
-        self._acks_due.setdefault(peer, []).append(seq)
+        self._acks_due.setdefault(peer, (key, []))[1].append(seq)
         if first:
             self.supervisor.run_once("acks", self._send_acks())
 
     async def _send_acks(self) -> None:
         await asyncio.sleep(0)  # let the batches of this turn queue their acks too
         due, self._acks_due = self._acks_due, {}
-        for peer, seqs in due.items():
+        for peer, (key, seqs) in due.items():
+            subject = f"{self._direct_prefix}.{peer}"
             for start in range(0, len(seqs), m.MAX_ACKS):
                 ack = m.Message(Kind.ACK, self.node, acks=seqs[start : start + m.MAX_ACKS])
                 with contextlib.suppress(Exception):
-                    await self.channel.publish(f"{self._direct_prefix}.{peer}", m.encode(ack))
+                    await self.channel.publish_to(subject, m.encode(ack), key)
 
     # ------------------------------------------------------------------ clock offset
     def _clock_allows(self, peer: str, changes: list[Change]) -> bool:
@@ -369,14 +338,14 @@ class NatsReplicator:
 
     def _run_early_round(self) -> None:
         self._early_round_pending = False
-        if self._stopping:
+        if self.connection.stopping:
             return
         self._last_early_round = self._clock()
         self.supervisor.run_once("early-digest", self._publish_digest())
 
     async def _on_digest(self, msg: Msg) -> None:
         message = self.channel.open(msg, (Kind.DIGEST,))
-        if message is None or message.node == self.node or self._replaying:
+        if message is None or message.node == self.node or self.load.loading:
             return
         peer = message.node
         self.peers.saw_digest(peer, message.seq, self._clock())
@@ -439,7 +408,7 @@ class NatsReplicator:
 
     async def _on_direct(self, msg: Msg) -> None:
         """Messages addressed to this node: repairs, snapshot pulls, acks, clock notices."""
-        message = self.channel.open(msg, _DIRECT_KINDS)
+        message = self.channel.open(msg, _DIRECT_KINDS, mac_kinds=m.MAC_KINDS)
         if message is None or message.node == self.node:
             return
         kind = message.type
@@ -482,11 +451,7 @@ class NatsReplicator:
         Bounded in time and in chunks: a peer that stalls or loops is abandoned, and
         anti-entropy brings in whatever the replay did not.
         """
-        started = time.perf_counter()
-        # A snapshot creates millions of long-lived, acyclic objects; letting the cyclic garbage
-        # collector rescan them as they pile up costs ~40% of replay time. Pause it, then move
-        # the loaded state out of its sight for good.
-        gc.disable()
+        self.load.begin()  # the cyclic GC pauses until it ends (see .bulkload)
         try:
             hello = m.encode(m.Message(Kind.SNAPSHOT_HELLO, self.node))
             try:
@@ -505,9 +470,7 @@ class NatsReplicator:
                 REPLAY_MAX_DEADLINE_SECS,
             )
             try:
-                await asyncio.wait_for(
-                    self._pull_snapshot(offer.node, offer.keys, started), deadline
-                )
+                await asyncio.wait_for(self._pull_snapshot(offer.node, offer.keys), deadline)
             except TimeoutError:
                 raise ReplayStalled(f"replay missed its {deadline:.0f} s deadline") from None
         except ReplayStalled as error:
@@ -515,18 +478,15 @@ class NatsReplicator:
         except Exception as error:
             log.warning("snapshot replay incomplete; anti-entropy will fill in", error=str(error))
         finally:
-            gc.freeze()
-            gc.enable()
-            self._replaying = False
-            self.replay_seconds = time.perf_counter() - started
+            self.load.finish()
 
-    async def _pull_snapshot(self, peer: str, expected: int, started: float) -> None:
+    async def _pull_snapshot(self, peer: str, expected: int) -> None:
         """Pull and merge the peer's snapshot chunk by chunk, one request ahead.
 
         The next chunk is requested before this one is merged, so the peer builds, signs and
         sends it while we merge: on two cores both sides work at once instead of taking turns.
         """
-        bucket, offset, merged, last_log = 0, 0, 0, started
+        bucket, offset, merged = 0, 0, 0
         subject = f"{self._direct_prefix}.{peer}"
         # Every chunk but the last carries at least one key, and keys written meanwhile may
         # add some: more chunks than this means the peer is not making progress.
@@ -534,7 +494,7 @@ class NatsReplicator:
         pending = asyncio.ensure_future(self._request_chunk(subject, bucket, offset))
         try:
             for pulled in range(1, max_chunks + 1):
-                if self._stopping:  # a stop that raced with a reply must still end the replay
+                if self.connection.stopping:  # a stop racing a reply must still end the replay
                     raise asyncio.CancelledError
                 reply = await pending
                 chunk = self.channel.open(reply, (Kind.SNAPSHOT_CHUNK,))
@@ -542,10 +502,13 @@ class NatsReplicator:
                     raise ReplayStalled("the peer sent an invalid snapshot chunk")
                 if not self._clock_allows(peer, chunk.changes):
                     raise ReplayStalled("the peer's snapshot carries stamps from the future")
-                cursor = None if chunk.end else (chunk.buckets[0], chunk.offset)
-                advanced = cursor is not None and bool(chunk.changes) and cursor > (bucket, offset)
-                if advanced and pulled < max_chunks and not self._stopping:
-                    pending = asyncio.ensure_future(self._request_chunk(subject, *cursor))
+                # Where the next chunk starts, if this one moved the cursor forward.
+                advanced: tuple[int, int] | None = None
+                if not chunk.end and chunk.changes:
+                    cursor = (chunk.buckets[0], chunk.offset)
+                    advanced = cursor if cursor > (bucket, offset) else None
+                if advanced is not None and pulled < max_chunks and not self.connection.stopping:
+                    pending = asyncio.ensure_future(self._request_chunk(subject, *advanced))
                     # Two loop turns: one signs and queues the pull, one lets nats-py's flusher
                     # write it. Without them it would leave only after the merge below.
                     await asyncio.sleep(0)
@@ -553,24 +516,14 @@ class NatsReplicator:
                 self.store.apply_many(chunk.changes, adopt=True)
                 merged += len(chunk.changes)
                 self.counters["snapshot_keys"] = merged
-                now = time.perf_counter()
-                if now - last_log >= 1.0:
-                    last_log = now
-                    rate = merged / (now - started)
-                    eta = max(expected - merged, 0) / rate if rate else None
-                    log.info(
-                        "replay progress",
-                        merged=merged,
-                        keys_per_sec=int(rate),
-                        eta_secs=None if eta is None else round(eta, 1),
-                    )
+                self.load.progress(merged, max(expected - merged, 0))
                 if chunk.end:
-                    elapsed = time.perf_counter() - started
+                    elapsed = self.load.elapsed()
                     log.info("replay complete", keys=merged, seconds=round(elapsed, 3))
                     return
-                if not advanced:
+                if advanced is None:
                     raise ReplayStalled("the snapshot cursor did not advance")
-                bucket, offset = cursor
+                bucket, offset = advanced
             raise ReplayStalled(f"more chunks than an offer of {expected} keys needs")
         finally:
             _drop_pending(pending)
@@ -581,64 +534,46 @@ class NatsReplicator:
 
     # ------------------------------------------------------------------ health & status
     def health(self) -> ReplicationHealth:
-        now = self._clock()
-        if self._down_since is not None:
-            down_for = now - self._down_since
-            if down_for > health_grace_secs(self.config.heartbeat_secs):
-                return ReplicationHealth(
-                    False,
-                    f"replication to {redact_url(self.config.nats_url)} down for {down_for:.0f}s; "
-                    "serving local state, which may be stale",
-                )
+        down_for = self.connection.outage()
+        if down_for is not None:
+            return ReplicationHealth(
+                False,
+                f"replication to {redact_url(self.config.nats_url)} down for {down_for:.0f}s; "
+                "serving local state, which may be stale",
+            )
         refused = self.clock_guard.problem()
         if refused:
             return ReplicationHealth(False, refused)
         crashed = self.supervisor.problem()
         if crashed:
             return ReplicationHealth(False, crashed)
-        notes = ["replaying"] if self._replaying else []
-        notes += self.clock_guard.notes()
-        lagging = self.acks.lagging_note()
-        if lagging:
-            notes.append(lagging)
-        return ReplicationHealth(True, "; ".join(notes) or None)
+        return running_health(self.load.loading, self.clock_guard, self.acks)
 
-    def status(self) -> dict:
-        now = self._clock()
+    def status(self) -> dict[str, object]:
         return {
             "mode": self.name,
             "node": self.node,
-            "connected": self._down_since is None,
-            "replaying": self._replaying,
-            "write_ack": self.config.write_ack,
-            "peers": [p.node for p in self.peers.live(now)],
-            "lagging_peers": sorted(self.acks.lagging),
-            "ack_timeouts": self.acks.timeouts,
-            "clock_offenders": self.clock_guard.offenders(),
-            "refused_by": self.clock_guard.refusers(),
+            **peer_status(
+                connected=self.connection.connected,
+                replaying=self.load.loading,
+                write_ack=self.config.write_ack,
+                peers=self._live_peers(),
+                clock_guard=self.clock_guard,
+                acks=self.acks,
+            ),
             "last_anti_entropy": self.last_anti_entropy,
-            "replay_seconds": self.replay_seconds,
+            "replay_seconds": self.load.seconds,
             "lag_ms": None if self.lag_ms is None else round(self.lag_ms, 2),
             **self.counters,
             "gaps": self.peers.total_gaps,  # kept by the tracker: only it knows a real loss
         }
 
     # ------------------------------------------------------------------ plumbing
-    async def _on_disconnected(self) -> None:
-        self.acks.release_all()  # nothing can be confirmed now: answer the waiting writes
-        if self._down_since is None and not self._stopping:
-            self._down_since = self._clock()
-            log.warning("replication connection lost; serving local state")
-
-    async def _on_reconnected(self) -> None:
-        self._down_since = None
+    def _on_reconnected(self) -> None:
         self.peers.forget_sequences()
         log.info("replication connection restored; reconciling")
         self._last_early_round = 0.0
         self._early_round()
-
-    async def _on_closed(self) -> None:
-        self._closed.set()
 
     async def _on_error(self, error: Exception) -> None:
         log.debug("replication connection error", error=str(error))
@@ -653,7 +588,7 @@ _DIRECT_KINDS = (
 )
 
 
-def _drop_pending(request: asyncio.Future) -> None:
+def _drop_pending(request: asyncio.Future[Msg]) -> None:
     """Abandon a request sent ahead that the replay no longer needs, without asyncio warning
     that its error (a timeout, say) was never retrieved."""
     if not request.done():
