@@ -12,13 +12,20 @@ from provider.store import BUCKETS, SUB_BUCKETS, Change, KeyValueStore
 from . import messages as m
 
 
-def snapshot_chunk(store: KeyValueStore, node: str, bucket: int, offset: int) -> bytes:
+def snapshot_chunk(
+    store: KeyValueStore,
+    node: str,
+    bucket: int,
+    offset: int,
+    *,
+    max_bytes: int = m.MAX_MESSAGE_BYTES,
+) -> bytes:
     """The next snapshot chunk from cursor ``(bucket, offset)``, cut at the chunk target size.
 
     The reply names the cursor to pull next, or says it is the end. An entry too large for any
-    message is skipped (it cannot travel at all).
+    message of ``max_bytes`` is skipped (it cannot travel at all).
     """
-    batch = m.Batch()
+    batch = m.Batch(max_bytes=max_bytes)
     while bucket < BUCKETS:
         items = store.bucket_items(bucket)
         while offset < len(items):
@@ -46,39 +53,45 @@ def repair_request(store: KeyValueStore, node: str, buckets: list[int]) -> bytes
     return m.encode(m.Message(m.Kind.REPAIR_REQUEST, node, buckets=buckets, sub_digests=sparse))
 
 
-def repair_reply(store: KeyValueStore, node: str, request: m.Message) -> tuple[bytes, int]:
+def repair_reply(
+    store: KeyValueStore, node: str, request: m.Message, *, max_bytes: int = m.MAX_MESSAGE_BYTES
+) -> tuple[bytes, int]:
     """Answer a repair request: our entries of the sub-buckets whose digests differ.
 
     Returns the encoded reply and how many entries it carries. Whole buckets only, up to the
-    chunk target; the asker requests the uncovered buckets again.
+    chunk target; the asker requests the uncovered buckets again. Entries that would take the
+    reply over ``max_bytes`` are left out, so one entry too large for the connection cannot
+    stall the repair of everything else.
     """
-    batch = m.Batch()
+    batch = m.Batch(max_bytes=max_bytes)
     covered: list[int] = []
     subs: list[int] = []
     for index, theirs in zip(request.buckets, request.sub_digests, strict=True):
         mine = store.sub_digests(index)
         differing = {sub for sub in range(SUB_BUCKETS) if theirs.get(sub, 0) != mine[sub]}
         parts = [m.pack_change(Change(k, e)) for k, e in store.sub_bucket_items(index, differing)]
-        if covered and batch.size + sum(map(len, parts)) > m.CHUNK_TARGET_BYTES:
+        if covered and batch.size + sum(map(len, parts)) > batch.limit:
             break
         covered.append(index)
         subs.extend(index * SUB_BUCKETS + sub for sub in sorted(differing))
         for part in parts:
-            if batch.size + len(part) <= m.MAX_MESSAGE_BYTES - 4096:
+            if batch.size + len(part) <= max_bytes - 4096:
                 batch.add(part)
     count = batch.count
     reply = m.Message(m.Kind.REPAIR_REPLY, node, buckets=covered, subs=subs)
     return m.encode(reply, batch.take()), count
 
 
-def repair_pushes(store: KeyValueStore, node: str, subs: list[int]) -> list[tuple[bytes, int]]:
+def repair_pushes(
+    store: KeyValueStore, node: str, subs: list[int], *, max_bytes: int = m.MAX_MESSAGE_BYTES
+) -> list[tuple[bytes, int]]:
     """Our entries of the named sub-buckets (``bucket * SUB_BUCKETS + sub``), as bounded push
     messages with their entry counts."""
     wanted: dict[int, set[int]] = {}
     for sub in subs:
         wanted.setdefault(sub // SUB_BUCKETS, set()).add(sub % SUB_BUCKETS)
     pushes: list[tuple[bytes, int]] = []
-    batch = m.Batch()
+    batch = m.Batch(max_bytes=max_bytes)
 
     def flush() -> None:
         if batch.count:

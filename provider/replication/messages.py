@@ -348,13 +348,28 @@ def unpack_changes(packed: Any) -> list[Change]:
     return changes
 
 
+def message_limit(max_payload: int | None) -> int:
+    """The largest replication message to build for a connection whose server accepts
+    ``max_payload`` bytes: an operator may run a server with a lower limit than NATS' 1 MiB
+    default, and a message over it would make the server close the connection (and an entry
+    too large for it would stall every repair that includes it). Room is left for the
+    envelope, the subject and the message header."""
+    if not max_payload or max_payload <= 0:
+        return MAX_MESSAGE_BYTES
+    return max(min(MAX_MESSAGE_BYTES, max_payload - 4096), 4096)
+
+
 class Batch:
     """Packed changes accumulated up to a byte budget."""
 
-    __slots__ = ("count", "limit", "parts", "size")
+    __slots__ = ("count", "limit", "max_bytes", "parts", "size")
 
-    def __init__(self, limit: int = CHUNK_TARGET_BYTES) -> None:
-        self.limit = limit
+    def __init__(
+        self, limit: int = CHUNK_TARGET_BYTES, *, max_bytes: int = MAX_MESSAGE_BYTES
+    ) -> None:
+        #: The hard maximum: what the connection can carry (:func:`message_limit`).
+        self.max_bytes = max_bytes
+        self.limit = min(limit, max_bytes - 1024)
         self.parts: list[bytes] = []
         self.size = 0
         self.count = 0
@@ -362,7 +377,7 @@ class Batch:
     def fits(self, packed: bytes) -> bool:
         """Whether ``packed`` fits; an empty batch takes anything up to the hard maximum."""
         if not self.parts:
-            return len(packed) <= MAX_MESSAGE_BYTES - 1024
+            return len(packed) <= self.max_bytes - 1024
         return self.size + len(packed) <= self.limit
 
     def add(self, packed: bytes) -> None:

@@ -204,6 +204,11 @@ class NatsReplicator:
     def _live_peers(self) -> list[str]:
         return [peer.node for peer in self.peers.live(self._clock())]
 
+    def _message_limit(self) -> int:
+        """How large a message this connection may carry (its server's ``max_payload``)."""
+        nc = self.connection.nc
+        return m.message_limit(nc.max_payload if nc is not None else None)
+
     async def _flush_forever(self) -> None:
         while True:
             await self._wake.wait()
@@ -213,7 +218,7 @@ class NatsReplicator:
     async def _flush_pending(self) -> None:
         """Publish everything pending as numbered batches."""
         pending, self._pending = self._pending, []
-        batch = m.Batch()
+        batch = m.Batch(max_bytes=self._message_limit())
         futures: list[asyncio.Future] = []
         for change, future in pending:
             packed = m.pack_change(change)
@@ -400,7 +405,10 @@ class NatsReplicator:
 
     async def _push(self, subject: str, subs: list[int]) -> None:
         """Send our entries of the sub-buckets the peer named (no reply expected)."""
-        for body, count in exchange.repair_pushes(self.store, self.node, subs):
+        pushes = exchange.repair_pushes(
+            self.store, self.node, subs, max_bytes=self._message_limit()
+        )
+        for body, count in pushes:
             self.counters["repair_changes_out"] += count
             self.counters["repair_bytes"] += len(body)
             with contextlib.suppress(Exception):
@@ -420,14 +428,20 @@ class NatsReplicator:
         elif kind == Kind.CLOCK_REFUSED:
             self.clock_guard.refused_by(message.node, message.ahead_ms)
         elif kind == Kind.REPAIR_REQUEST and msg.reply:
-            body, count = exchange.repair_reply(self.store, self.node, message)
+            body, count = exchange.repair_reply(
+                self.store, self.node, message, max_bytes=self._message_limit()
+            )
             self.counters["repair_changes_out"] += count
             self.counters["repair_bytes"] += len(body) + len(msg.data)
             with contextlib.suppress(Exception):
                 await self.channel.respond(msg, body)
         elif kind == Kind.SNAPSHOT_PULL and msg.reply:
             body = exchange.snapshot_chunk(
-                self.store, self.node, message.buckets[0], message.offset
+                self.store,
+                self.node,
+                message.buckets[0],
+                message.offset,
+                max_bytes=self._message_limit(),
             )
             with contextlib.suppress(Exception):
                 await self.channel.respond(msg, body)

@@ -61,3 +61,43 @@ def test_repair_exchange_makes_both_sides_equal_and_sends_only_what_differs() ->
             a.apply(change)
     assert state(a) == state(b)
     assert a.get("only-on-b") == "5" and b.get("only-on-a") == "1"
+
+
+def test_replies_and_chunks_stay_under_a_lower_server_max_payload() -> None:
+    """A server run with a small ``max_payload``: an entry too large for it is left out of
+    repair replies, pushes and snapshot chunks, and everything else still travels, so one big
+    entry cannot stall the repair of its neighbours (or make the server close the link)."""
+    from provider.replication import exchange
+    from provider.replication import messages as m
+    from provider.store import KeyValueStore
+    from provider.store.codec import new_node_id
+
+    limit = m.message_limit(64 * 1024)
+    store = KeyValueStore(new_node_id())
+    store.set("big", "x" * (200 * 1024))
+    for i in range(50):
+        store.set(f"small{i}", "y" * 100)
+    empty = KeyValueStore(new_node_id())
+    from provider.store import BUCKETS
+
+    request = m.decode(exchange.repair_request(empty, empty.node_id, list(range(BUCKETS))[:64]))
+    body, count = exchange.repair_reply(store, store.node_id, request, max_bytes=limit)
+    assert len(body) <= limit and count > 0
+    pushed = [
+        body
+        for body, _ in exchange.repair_pushes(
+            store, store.node_id, list(range(BUCKETS * 64)), max_bytes=limit
+        )
+    ]
+    assert pushed and all(len(body) <= limit for body in pushed)
+    bucket, offset, keys = 0, 0, 0
+    while True:
+        chunk = m.decode(
+            exchange.snapshot_chunk(store, store.node_id, bucket, offset, max_bytes=limit)
+        )
+        keys += len(chunk.changes)
+        if chunk.end:
+            break
+        bucket, offset = chunk.buckets[0], chunk.offset
+    assert keys == 50  # every small entry, never the big one
+    assert m.message_limit(None) == m.MAX_MESSAGE_BYTES
