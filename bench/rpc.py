@@ -26,7 +26,8 @@ Then, at 1 in flight, a **replicated Set** (provider R with NATS_URL linked) aga
 standalone **Set**, alternating S, R, S, R... to spread drift evenly: first while R replicates
 alone (it publishes every change, nobody receives them), then after a peer P has joined and
 applies R's changes (on this machine P shares the two cores with everything else). The goal is
-replicated (+1 peer) p50 <= 1.2x standalone p50.
+replicated (+1 peer) p50 <= 1.2x standalone p50. ``--write-ack local`` measures it with writes
+answered once applied locally; with the default (``peers``) each write also waits for P's ack.
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--payloads", type=int, help="pre-signed invocations per op")
     parser.add_argument("--rounds", type=int, help="S/R alternations for the replicated Set")
     parser.add_argument("--repl-seconds", type=float, help="time limit per S/R phase")
+    parser.add_argument(
+        "--write-ack",
+        choices=("peers", "local"),
+        default="peers",
+        help="WRITE_ACK of the replicated pair (default: the provider's default, peers)",
+    )
     args = parser.parse_args()
     args.levels = [int(x) for x in args.inflight.split(",")]
     fill_defaults(
@@ -347,7 +354,7 @@ def main() -> int:
         echo_subject = lattice.subjects("VECHO").rpc
         echo = start_echo(ws, server.url, echo_subject)
         standalone = Provider(ws, lattice, "standalone").start()
-        replication = {"NATS_URL": server.url}
+        replication = {"NATS_URL": server.url, "WRITE_ACK": args.write_ack}
         replicated = Provider(ws, lattice, "replicated", replication).start()
         peer = Provider(ws, lattice, "peer", replication)
         for provider in (standalone, replicated):
@@ -368,8 +375,10 @@ def main() -> int:
         driven = DriverProcess(ws, spec, on_barrier=start_peer).run(timeout=120)
     results = analyse(args, driven["phases"])
     results["driver_sign_seconds"] = round(driven["sign_seconds"], 2)
+    results["write_ack"] = args.write_ack
     report(results)
-    return finish("rpc", results, quick=args.quick, started=started)
+    name = "rpc" if args.write_ack == "peers" else f"rpc-write-ack-{args.write_ack}"
+    return finish(name, results, quick=args.quick, started=started)
 
 
 if __name__ == "__main__":
