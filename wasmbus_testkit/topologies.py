@@ -14,9 +14,10 @@ leaf connected), never for a guessed time.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from wasmbus_testkit.natsserver import HOST, NatsServer
 from wasmbus_testkit.ports import free_port
@@ -25,7 +26,37 @@ from wasmbus_testkit.waiting import wait_for_sync
 __all__ = ["NatsCluster", "NatsLeafnodes"]
 
 
-class NatsCluster:
+class _ServerGroup(ABC):
+    """What every topology does with all of its servers at once: start them (its own way),
+    kill or stop them all, and clean up as a context manager even when start-up fails."""
+
+    @property
+    @abstractmethod
+    def servers(self) -> list[NatsServer]: ...
+
+    @abstractmethod
+    def start(self, timeout: float = 30.0) -> Self: ...
+
+    def kill_all(self) -> None:
+        for server in self.servers:
+            server.kill()
+
+    def stop_all(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.kill_all()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill_all()
+
+
+class NatsCluster(_ServerGroup):
     """N clustered JetStream servers on loopback, fully meshed by explicit routes."""
 
     def __init__(self, workdir: Path, size: int = 3, *, name: str = "kvc", **server_kw: Any):
@@ -34,10 +65,10 @@ class NatsCluster:
         self.workdir = Path(workdir)
         self.name = name
         cluster_ports = [free_port() for _ in range(size)]
-        self.servers: list[NatsServer] = []
+        self._servers: list[NatsServer] = []
         for i, cport in enumerate(cluster_ports):
             routes = [f"nats-route://{HOST}:{p}" for p in cluster_ports if p != cport]
-            self.servers.append(
+            self._servers.append(
                 NatsServer(
                     self.workdir / f"n{i}",
                     server_name=f"{name}-n{i}",
@@ -48,6 +79,10 @@ class NatsCluster:
                     **server_kw,
                 )
             )
+
+    @property
+    def servers(self) -> list[NatsServer]:
+        return self._servers
 
     @property
     def urls(self) -> list[str]:
@@ -126,26 +161,8 @@ class NatsCluster:
         self.wait_formed(timeout)
         return server
 
-    def kill_all(self) -> None:
-        for server in self.servers:
-            server.kill()
 
-    def stop_all(self) -> None:
-        for server in self.servers:
-            server.stop()
-
-    def __enter__(self) -> NatsCluster:
-        try:
-            return self.start()
-        except BaseException:
-            self.kill_all()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill_all()
-
-
-class NatsLeafnodes:
+class NatsLeafnodes(_ServerGroup):
     """A hub nats-server and ``leaves`` leaf servers connected to it, all on loopback.
 
     ``hub`` and ``leaves`` are ordinary :class:`NatsServer` objects: kill, restart and inspect
@@ -242,17 +259,3 @@ class NatsLeafnodes:
         leaf.restart(wait_ready=False)
         self.wait_connected(timeout)
         return leaf
-
-    def kill_all(self) -> None:
-        for server in self.servers:
-            server.kill()
-
-    def __enter__(self) -> NatsLeafnodes:
-        try:
-            return self.start()
-        except BaseException:
-            self.kill_all()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill_all()
