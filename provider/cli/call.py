@@ -52,6 +52,7 @@ from provider.cli.common import (
     UsageError,
     connect,
     error,
+    instance_index,
     program,
     warn,
 )
@@ -434,7 +435,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--instance",
-        type=_instance_index,
+        type=instance_index,
         metavar="N",
         help="dev lattice: call instance N only (through its own leaf server); fails if it is down",
     )
@@ -461,16 +462,6 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.set_defaults(run=run)
     return parser
-
-
-def _instance_index(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an instance index: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

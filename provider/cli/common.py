@@ -8,6 +8,7 @@ reached, 130 interrupted (Ctrl-C).
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import shutil
@@ -43,6 +44,17 @@ def error(command: str, message: str | Exception) -> None:
 
 def warn(command: str, message: str | Exception) -> None:
     print(f"nats-kvcache {command}: warning: {message}", file=sys.stderr, flush=True)
+
+
+def instance_index(text: str) -> int:
+    """argparse type of a dev instance index (``call --instance N``, ``instance kill N``)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an instance index: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return value
 
 
 class QuietCallbacks:

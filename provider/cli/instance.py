@@ -27,6 +27,7 @@ from provider.cli.common import (
     Unreachable,
     UsageError,
     error,
+    instance_index,
     program,
 )
 from provider.cli.lattice import START_TIMEOUT
@@ -34,16 +35,6 @@ from provider.cli.lattice import START_TIMEOUT
 #: A restart or an add waits for the instance to be healthy; ``dev`` gives up after
 #: START_TIMEOUT per step (leaf, provider), so this only guards against a hung ``dev``.
 TIMEOUT = 3 * START_TIMEOUT
-
-
-def _index(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an instance index: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("must be >= 0")
-    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -67,7 +58,7 @@ def add_parser(subparsers: Any) -> None:
     for name, text, takes_index in specs:
         action = actions.add_parser(name, help=text, description=text[0].upper() + text[1:])
         if takes_index:
-            action.add_argument("index", type=_index, metavar="N", help="instance index")
+            action.add_argument("index", type=instance_index, metavar="N", help="instance index")
         action.add_argument(
             "--state",
             help=f"state file (default ${statefile.STATE_ENV}, else the nearest "
