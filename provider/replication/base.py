@@ -31,6 +31,12 @@ def health_grace_secs(heartbeat_secs: float = 0.0) -> float:
     return max(MIN_GRACE_SECS, 2 * heartbeat_secs)
 
 
+def peer_expiry_secs(heartbeat_secs: float) -> float:
+    """How long a silent peer stays in the peer table (both backends): several periods, so one
+    lost heartbeat does not drop it, and never under 15 s."""
+    return max(3 * heartbeat_secs, 15.0)
+
+
 class ReplicationError(Exception):
     """A write could not be made durable; the text goes back to the actor."""
 

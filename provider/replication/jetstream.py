@@ -47,6 +47,7 @@ from .base import (
     ReplicationError,
     ReplicationHealth,
     health_grace_secs,
+    peer_expiry_secs,
     peer_status,
     running_health,
 )
@@ -210,7 +211,7 @@ class JetStreamReplicator:
             notify=self._queue_clock_notice,
         )
         self.acks = AckTracker()
-        self.peers = PeerTracker(expiry_secs=max(3 * config.heartbeat_secs, 15.0))
+        self.peers = PeerTracker(expiry_secs=peer_expiry_secs(config.heartbeat_secs))
         self._ack_subject = f"kvcache.lc.{config.cache_prefix}.ack"
         self._presence_subject = f"kvcache.lc.{config.cache_prefix}.presence"
         #: Writer -> (its raw key, for the ack's pair MAC; the stream sequence to confirm).

@@ -42,7 +42,13 @@ from provider.supervisor import Supervisor
 from . import exchange
 from . import messages as m
 from .acks import AckTracker, report_late
-from .base import ReplicationHealth, health_grace_secs, peer_status, running_health
+from .base import (
+    ReplicationHealth,
+    health_grace_secs,
+    peer_expiry_secs,
+    peer_status,
+    running_health,
+)
 from .bulkload import BulkLoad
 from .channel import SignedChannel
 from .clockguard import ClockGuard
@@ -103,7 +109,7 @@ class NatsReplicator:
         self._direct_prefix = f"{config.replay_subject}.node"
         # A lost repair message must not hold up repairs with that peer for several periods.
         self._repair_timeout = min(REQUEST_TIMEOUT, max(1.0, config.heartbeat_secs))
-        self.peers = PeerTracker(expiry_secs=max(3 * config.heartbeat_secs, 15.0))
+        self.peers = PeerTracker(expiry_secs=peer_expiry_secs(config.heartbeat_secs))
         self.acks = AckTracker()
         self.supervisor = Supervisor(clock=clock)
         self.connection = ConnectionKeeper(
