@@ -164,9 +164,7 @@ class ChunkStore:
         except ChunkError:
             raise
         except Exception as error:  # any JetStream failure is an answer, not a crash
-            text = str(error) or type(error).__name__
-            if isinstance(error, TimeoutError | asyncio.TimeoutError):
-                text = f"timed out after {FETCH_TIMEOUT_SECONDS:.0f}s"
+            text = _failure_text(error, FETCH_TIMEOUT_SECONDS)
             raise ChunkError(
                 f"nats: error starting to receive chunked stream for inv {invocation_id}: {text}"
             ) from None
@@ -230,9 +228,7 @@ class ChunkStore:
         try:
             await asyncio.wait_for(self._put_response(invocation_id, body), STORE_TIMEOUT_SECONDS)
         except Exception as error:
-            text = str(error) or type(error).__name__
-            if isinstance(error, TimeoutError | asyncio.TimeoutError):
-                text = f"timed out after {STORE_TIMEOUT_SECONDS:.0f}s"
+            text = _failure_text(error, STORE_TIMEOUT_SECONDS)
             raise ChunkError(
                 f"nats: error storing chunked response for inv {invocation_id}: {text}"
             ) from None
@@ -246,3 +242,10 @@ class ChunkStore:
         await js.publish(  # the same metadata under the raw name, for the OTP host's NIF
             raw_meta_subject(self._bucket, name), meta.data or b"", headers={"Nats-Rollup": "sub"}
         )
+
+
+def _failure_text(error: Exception, timeout: float) -> str:
+    """What went wrong with an object-store transfer, for the actor's error text."""
+    if isinstance(error, TimeoutError | asyncio.TimeoutError):
+        return f"timed out after {timeout:.0f}s"
+    return str(error) or type(error).__name__
