@@ -151,16 +151,6 @@ def format_bytes(count: int) -> str:
     return f"{count} B"
 
 
-def memory_status(used: int, limit: int, refused: int = 0) -> dict[str, object]:
-    """The ``memory`` part of the status document."""
-    return {
-        "used_bytes": used,
-        "limit_bytes": limit,
-        "used_ratio": round(used / limit, 4) if limit else None,
-        "refused_writes": refused,
-    }
-
-
 def health_note(used: int, limit: int) -> str | None:
     """A warning for the health message when use is near or over the limit, else None."""
     if not limit or used <= limit * WARN_RATIO:

@@ -19,6 +19,7 @@ from contract.nkeys import KeyPair
 from contract.wire import HostData, LinkDefinition
 from provider import memory
 from provider.observe.introspection import instance_status
+from provider.observe.status import MemoryStatus
 from provider.store import KeyValueStore, Kind, OutOfMemoryError, StoreError
 
 OOM = "OOM command not allowed when used memory > 'maxmemory'."
@@ -127,13 +128,13 @@ def test_health_note_warns_above_ninety_percent_and_when_full() -> None:
 
 
 def test_memory_status_document() -> None:
-    assert memory.memory_status(50, 200, 3) == {
+    assert MemoryStatus(50, 200, 3).to_dict() == {
         "used_bytes": 50,
         "limit_bytes": 200,
         "used_ratio": 0.25,
         "refused_writes": 3,
     }
-    assert memory.memory_status(50, 0)["used_ratio"] is None
+    assert MemoryStatus(50, 0).to_dict()["used_ratio"] is None
 
 
 # -- the running estimate ---------------------------------------------------------------------
