@@ -76,6 +76,9 @@ EARLY_ROUND_MIN_INTERVAL = 0.5
 #: A silently dead (blackholed) link is noticed after two unanswered pings (~6 s); the health
 #: grace counts from then.
 PING_INTERVAL_SECS = 2.0
+#: Event-loop turns a batch that nobody waits for gives the replies of its writes to reach the
+#: socket: the daemon's reply task publishes, nats-py's flusher wakes, then it writes.
+REPLY_TURNS = 3
 
 CONNECTION_NAME = "wasmCloud KV Cache Provider"
 
@@ -219,6 +222,12 @@ class NatsReplicator:
         while True:
             await self._wake.wait()
             self._wake.clear()
+            if not any(future is not None for _, future in self._pending):
+                # Nobody waits for this batch: let the replies of this turn reach the socket
+                # first (the daemon's reply task, nats-py's publish, then its flusher), so a
+                # caller does not wait while we seal; more changes join the batch meanwhile.
+                for _ in range(REPLY_TURNS):
+                    await asyncio.sleep(0)
             await self._flush_pending()
 
     async def _flush_pending(self) -> None:
