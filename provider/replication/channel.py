@@ -13,9 +13,11 @@ reply subject fails the check, so nobody can have the cache delivered to their i
 Acks have one recipient, the writer, so they travel under a pair MAC instead of a signature
 (:func:`~.signing.seal_for`, bound to the subject they are published on; see :mod:`.signing`).
 The acker learns the writer's key from the envelope of what it confirms
-(:attr:`~.messages.Message.signer`). A receiver accepts a MAC only where it says so
-(``mac_kinds``: its own ack subject) and only for those kinds; everywhere else, and for every
-other kind, an envelope must be signed.
+(:attr:`~.messages.Message.signer`). Live change batches travel with one pair MAC per trusted
+key instead (:func:`~.signing.seal_tagged`, bound to the events subject). A receiver accepts a
+MAC only where it says so (``mac_kinds``: its own ack subject; ``tag_kinds``: the events
+subject) and only for those kinds; everywhere else, and for every other kind, an envelope must
+be signed.
 """
 
 from __future__ import annotations
@@ -31,7 +33,17 @@ from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeoutError
 
 from . import messages as m
-from .signing import HEADER_BYTES, MAC_MAGIC, Trust, UntrustedMessage, Verifier, seal, seal_for
+from .signing import (
+    HEADER_BYTES,
+    MAC_MAGIC,
+    TAG_MAGIC,
+    Trust,
+    UntrustedMessage,
+    Verifier,
+    seal,
+    seal_for,
+    seal_tagged,
+)
 
 #: Cap on log lines about dropped messages between two calls of :meth:`new_log_period`.
 DROP_LOGS_PER_PERIOD = 5
@@ -82,6 +94,11 @@ class SignedChannel:
     async def publish(self, subject: str, body: bytes) -> None:
         await self._connection().publish(subject, seal(self.trust, body))
 
+    async def publish_tagged(self, subject: str, body: bytes) -> None:
+        """Publish a message every trusted instance reads, with a pair MAC for each trusted
+        key (cheaper than a signature for every reader); bound to ``subject``."""
+        await self._connection().publish(subject, seal_tagged(self.trust, body, subject))
+
     async def publish_to(self, subject: str, body: bytes, recipient: bytes) -> None:
         """Publish a message only ``recipient`` (a raw key) reads, under a pair MAC.
 
@@ -129,17 +146,25 @@ class SignedChannel:
         expected: Iterable[m.Kind] | None = None,
         *,
         mac_kinds: Collection[m.Kind] = (),
+        tag_kinds: Collection[m.Kind] = (),
     ) -> m.Message | None:
         """The validated message in ``msg``, or None (dropped, counted, maybe logged).
 
         ``mac_kinds``: the kinds that may come under a pair MAC made for us and bound to
-        ``msg.subject`` (acks, on our own ack subject); any other message must be signed.
+        ``msg.subject`` (acks, on our own ack subject); ``tag_kinds``: the kinds that may come
+        tagged for every trusted key, bound to ``msg.subject`` (change batches, on the events
+        subject). Any other message must be signed.
         """
         data = msg.data
-        by_mac = bool(mac_kinds) and data.startswith(MAC_MAGIC)
+        only: Collection[m.Kind] | None = None
+        how = ""
         try:
-            if by_mac:
+            if mac_kinds and data.startswith(MAC_MAGIC):
+                only, how = mac_kinds, "a pair MAC"
                 signer, body = self.verifier.open_mac(data, msg.subject)
+            elif tag_kinds and data.startswith(TAG_MAGIC):
+                only, how = tag_kinds, "tags"
+                signer, body = self.verifier.open_tagged(data, msg.subject)
             else:
                 signer, body = self.verifier.open_signed(data, msg.reply or "")
         except UntrustedMessage as error:
@@ -147,11 +172,11 @@ class SignedChannel:
             return None
         try:
             message = m.decode(body)
-            if by_mac and message.type not in mac_kinds:
+            if only is not None and message.type not in only:
                 self._drop(
                     "untrusted_messages",
                     msg.subject,
-                    UntrustedMessage(f"a pair MAC on a {message.type.value!r} message"),
+                    UntrustedMessage(f"{how} on a {message.type.value!r} message"),
                 )
                 return None
             if expected is not None and message.type not in expected:

@@ -27,9 +27,10 @@ kind   name             fields
 ``ck`` clock refused    ``h`` how far (ms) the receiver's stamps ran ahead of our clock
 =====  ===============  ==============================================================
 
-Every kind travels signed, except an ``ak`` sent to one writer (the point-to-point acks of both
-modes, not JetStream presence beacons): that one carries a pair MAC for the writer instead
-(:data:`MAC_KINDS`, :mod:`.signing`).
+Every kind travels signed, with two exceptions (:mod:`.signing`). An ``ak`` sent to one writer
+(the point-to-point acks of both modes, not JetStream presence beacons) carries a pair MAC for
+the writer instead (:data:`MAC_KINDS`). A ``cb`` published on the events subject carries one
+pair MAC per trusted key (:data:`TAG_KINDS`).
 
 ``c`` is a bin holding the changes' msgpack encodings back to back: each change is packed once,
 when it is measured against the size limit, and never re-packed into an outer array.
@@ -185,6 +186,8 @@ FIELDS: dict[Kind, tuple[str, ...]] = {
 
 #: Kinds a receiver accepts under a pair MAC (one recipient) where it expects them: acks.
 MAC_KINDS = frozenset({Kind.ACK})
+#: Kinds a receiver accepts tagged for every trusted key where it expects them: live batches.
+TAG_KINDS = frozenset({Kind.CHANGES})
 
 
 #: Fields a decoder may miss (their defaults apply): lag figures and ack requests are extras.

@@ -266,7 +266,7 @@ class NatsReplicator:
         message = m.Message(Kind.CHANGES, self.node, seq=seq, sent_ms=wall_ms(), ack=wants_acks)
         body = m.encode(message, batch.take())
         try:
-            await self.channel.publish(self.config.events_subject, body)
+            await self.channel.publish_tagged(self.config.events_subject, body)
         except Exception as error:  # disconnected: anti-entropy repairs after the reconnect
             log.debug("change batch not sent", error=str(error))
             targets = set()
@@ -282,7 +282,7 @@ class NatsReplicator:
         report_late(log, self.acks.expire(seq), self.config.write_ack_timeout_ms)
 
     async def _on_batch(self, msg: Msg) -> None:
-        message = self.channel.open(msg, (Kind.CHANGES,))
+        message = self.channel.open(msg, (Kind.CHANGES,), tag_kinds=m.TAG_KINDS)
         if message is None or message.node == self.node:
             return
         if not self._clock_allows(message.node, message.changes):

@@ -30,6 +30,14 @@ from contract.client import KeyValueClient
 from contract.keyvalue import CONTRACT_ID
 from contract.nkeys import KeyPair
 from contract.wire import HealthCheckResponse, HostData, LinkDefinition, Subjects
+from provider.replication.signing import (
+    HEADER_BYTES,
+    MAC_HEADER_BYTES,
+    MAC_MAGIC,
+    TAG_ENTRY_BYTES,
+    TAG_FIXED_BYTES,
+    TAG_MAGIC,
+)
 from tests.harness.repo import PROVIDER_COMMAND
 from wasmbus_testkit import HostKeys, HostStyle, ProviderProcess, build_host_data, link_definition
 
@@ -41,6 +49,16 @@ Launcher = Callable[..., ProviderProcess]
 READY_TIMEOUT = 20.0
 #: Per-call RPC timeout: generous, because tests run hundreds of calls in flight on 2 cores.
 CALL_TIMEOUT = 5.0
+
+
+def envelope_body(data: bytes) -> bytes:
+    """The body of a replication envelope of any kind (signed, MAC'd or tagged), unchecked:
+    tests read an instance's node id from its own traffic, as any subscriber could."""
+    if data.startswith(TAG_MAGIC):
+        return data[TAG_FIXED_BYTES + data[TAG_FIXED_BYTES - 1] * TAG_ENTRY_BYTES :]
+    if data.startswith(MAC_MAGIC):
+        return data[MAC_HEADER_BYTES:]
+    return data[HEADER_BYTES:]
 
 
 def _default_launcher(log_dir: Path) -> Launcher:

@@ -23,11 +23,16 @@ import pytest
 
 from contract.client import KeyValueError
 from contract.nkeys import KeyPair
-from provider.replication.signing import HEADER_BYTES
 from provider.store import Change, bucket_of
 from provider.store.codec import encode_change
 from provider.store.entry import Entry, Kind
-from tests.harness.replicas import Replica, ReplicaSet, gather_limited, wait_converged
+from tests.harness.replicas import (
+    Replica,
+    ReplicaSet,
+    envelope_body,
+    gather_limited,
+    wait_converged,
+)
 from wasmbus_testkit import FaultProxy, NatsServer
 
 PERIOD = 1.0  # REPLAY_HEARTBEAT_SECS in these tests
@@ -804,7 +809,7 @@ async def test_malformed_and_foreign_messages_are_dropped(
         await intruder.flush()
         await a.client.set("probe", "1")
         sealed = (await sub.next_msg(timeout=5)).data  # a signed envelope around msgpack
-        node = msgpack.unpackb(sealed[HEADER_BYTES:], raw=False)["n"]
+        node = msgpack.unpackb(envelope_body(sealed), raw=False)["n"]
         await sub.unsubscribe()
 
         bad = _bad_messages()

@@ -32,16 +32,18 @@ from provider.replication.signing import (
     MAC_HEADER_BYTES,
     MAC_MAGIC,
     SIGNER_BYTES,
+    TAG_MAGIC,
     Trust,
     seal,
     seal_for,
+    seal_tagged,
 )
 from provider.store import BUCKETS, Change
 from provider.store.codec import encode_change, new_node_id
 from provider.store.entry import Entry
 from provider.store.entry import Kind as EntryKind
 from provider.store.hlc import LOGICAL_BITS, wall_ms
-from tests.harness.replicas import Replica, ReplicaSet, wait_converged
+from tests.harness.replicas import Replica, ReplicaSet, envelope_body, wait_converged
 from tests.integration.test_introspection import statuses_by_lattice
 from wasmbus_testkit import FaultProxy, NatsServer
 
@@ -89,7 +91,7 @@ class Pair:
         await self.a.client.set("__probe__", uuid.uuid4().hex)
         sealed = (await sub.next_msg(timeout=5)).data
         await sub.unsubscribe()
-        self.node_a = msgpack.unpackb(sealed[HEADER_BYTES:], raw=False)["n"]
+        self.node_a = msgpack.unpackb(envelope_body(sealed), raw=False)["n"]
         return self.node_a
 
     async def assert_still_sound(self, expected: dict[str, str | None], rss_before: dict) -> None:
@@ -179,6 +181,33 @@ async def test_unsigned_and_foreign_signed_batches_change_nothing(
     await intruder.flush()
     await asyncio.sleep(0.5)
     await pair.assert_still_sound({"owned": "by-the-actor"}, before)
+
+
+async def test_forged_and_moved_tagged_batches_change_nothing(pair: Pair, intruder: NATS) -> None:
+    """Live batches travel tagged (a pair MAC per trusted key): tags an outsider made, tags
+    renamed to a trusted sender, and a trusted batch captured on another cache's subject are
+    all dropped, while a batch the lattice tagged for this subject is applied."""
+    before = rss_of(pair)
+    forged = change_batch(new_node_id(), [string_record("owned", "hacked", now_stamp())])
+    outsider = Trust.from_host(
+        pair.outsider.signer.seed,
+        [pair.outsider.signer.public_key, pair.replicas.cluster.public_key],
+    )
+    own_tags = seal_tagged(outsider, forged, pair.events)
+    assert own_tags.startswith(TAG_MAGIC)
+    renamed = TAG_MAGIC + pair.insider.raw_signer + own_tags[len(TAG_MAGIC) + SIGNER_BYTES :]
+    moved = seal_tagged(pair.insider, forged, "atk.another-cache.events")
+    for data in (own_tags, renamed, moved):
+        await intruder.publish(pair.events, data)
+    await intruder.flush()
+    await asyncio.sleep(0.5)
+    await pair.assert_still_sound({"owned": "by-the-actor"}, before)
+    for replica in (pair.a, pair.b):
+        assert (await counters(pair.replicas, replica))["untrusted_messages"] >= 3, replica.name
+    genuine = change_batch(new_node_id(), [string_record("tagged", "by-the-lattice", now_stamp())])
+    await intruder.publish(pair.events, seal_tagged(pair.insider, genuine, pair.events))
+    await wait_converged(lambda: _has(pair.a, "tagged", "by-the-lattice"))
+    await wait_converged(lambda: _has(pair.b, "tagged", "by-the-lattice"))
 
 
 async def test_outsiders_get_no_snapshot_and_no_repair(pair: Pair, intruder: NATS) -> None:

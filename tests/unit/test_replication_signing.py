@@ -18,12 +18,17 @@ from provider.replication.signing import (
     HEADER_BYTES,
     MAC_HEADER_BYTES,
     MAC_MAGIC,
+    MAX_TAGS,
+    TAG_ENTRY_BYTES,
+    TAG_FIXED_BYTES,
+    TAG_MAGIC,
     Trust,
     TrustError,
     UntrustedMessage,
     Verifier,
     seal,
     seal_for,
+    seal_tagged,
 )
 from provider.store import BUCKETS
 from provider.store.codec import new_node_id
@@ -192,19 +197,110 @@ def test_a_trusted_key_that_gives_no_pair_key_is_refused_both_ways() -> None:
         Verifier(trust, 2**20).open_mac(forged)
 
 
-@settings(max_examples=300, deadline=None)
-@given(
-    st.sampled_from([b"", MAC_MAGIC, MAC_MAGIC + AT_ACKER.raw_signer, MAC_MAGIC + bytes(32)]),
-    st.binary(max_size=400),
-    st.text(max_size=40),
-)
-def test_arbitrary_bytes_raise_only_untrusted_message_as_macs(
+_PREFIXES = [b"", MAC_MAGIC, MAC_MAGIC + AT_ACKER.raw_signer, MAC_MAGIC + bytes(32), TAG_MAGIC]
+_PREFIXES += [TAG_MAGIC + AT_ACKER.raw_signer, TAG_MAGIC + AT_ACKER.raw_signer + b"\x01"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(_PREFIXES), st.binary(max_size=400), st.text(max_size=40))
+def test_arbitrary_bytes_raise_only_untrusted_message_from_every_opener(
     prefix: bytes, data: bytes, binding: str
 ) -> None:
-    with contextlib.suppress(UntrustedMessage):
-        WRITER_OPENS.open_mac(prefix + data, binding)
-    with contextlib.suppress(UntrustedMessage):
-        WRITER_OPENS.open_signed(prefix + data, binding)
+    for opener in (WRITER_OPENS.open_mac, WRITER_OPENS.open_signed, WRITER_OPENS.open_tagged):
+        with contextlib.suppress(UntrustedMessage):
+            opener(prefix + data, binding)
+
+
+# ---------------------------------------------------------------------- tagged change batches
+EVENTS = "kvcache.lc.p.events"
+BATCH = m.encode(m.Message(m.Kind.CHANGES, new_node_id(), seq=1))
+
+
+def test_a_tagged_batch_opens_for_every_trusted_key_and_says_who_sent_it() -> None:
+    sealed = seal_tagged(AT_WRITER, BATCH, EVENTS)
+    assert sealed.startswith(TAG_MAGIC)
+    assert len(sealed) == TAG_FIXED_BYTES + len(ISSUERS) * TAG_ENTRY_BYTES + len(BATCH)
+    for reader in (AT_WRITER, AT_ACKER, AT_THIRD):  # the writer's own key is trusted too
+        assert Verifier(reader, 2**20).open_tagged(sealed, EVENTS) == (AT_WRITER.raw_signer, BATCH)
+    # Hosts sharing one key: one tag, for that key.
+    shared = seal_tagged(TRUST, BATCH, EVENTS)
+    assert len(shared) == TAG_FIXED_BYTES + TAG_ENTRY_BYTES + len(BATCH)
+    assert VERIFIER.open_tagged(shared, EVENTS) == (TRUST.raw_signer, BATCH)
+
+
+def test_tags_are_bound_to_their_subject_and_bytes() -> None:
+    sealed = seal_tagged(AT_WRITER, BATCH, EVENTS)
+    reader = Verifier(AT_ACKER, 2**20)
+    with pytest.raises(UntrustedMessage, match="no valid tag"):
+        reader.open_tagged(sealed, "kvcache.lc.other-cache.events")
+    recipients = [raw for raw, _ in AT_WRITER.pairs.recipients()]
+    own = TAG_FIXED_BYTES + recipients.index(AT_ACKER.raw_signer) * TAG_ENTRY_BYTES
+    body = len(sealed) - len(BATCH)
+    # Sender, count, the reader's own entry and the body all count; the other readers' tags
+    # are theirs to check.
+    for index in [*range(len(TAG_MAGIC), own + TAG_ENTRY_BYTES), *range(body, len(sealed))]:
+        if TAG_FIXED_BYTES <= index < own:
+            continue
+        tampered = bytearray(sealed)
+        tampered[index] ^= 1
+        with pytest.raises(UntrustedMessage):
+            reader.open_tagged(bytes(tampered), EVENTS)
+    other = bytearray(sealed)
+    other[body - 1 if own == TAG_FIXED_BYTES else TAG_FIXED_BYTES + 8] ^= 1
+    assert reader.open_tagged(bytes(other), EVENTS)[1] == BATCH
+    for size in range(len(sealed)):
+        with contextlib.suppress(UntrustedMessage):  # a cut inside the body: bad tag
+            reader.open_tagged(sealed[:size], EVENTS)
+            raise AssertionError(f"a batch cut to {size} bytes opened")
+    with pytest.raises(UntrustedMessage, match="over the limit"):
+        Verifier(AT_ACKER, 100).open_tagged(seal_tagged(AT_WRITER, b"y" * 200), "")
+
+
+def test_tags_from_outsiders_or_for_other_keys_are_refused() -> None:
+    # An outsider that knows every public key tags with its own pair keys: none matches ours.
+    outsider = Trust.from_host(OUTSIDER.seed, [OUTSIDER.public_key, *ISSUERS])
+    forged = seal_tagged(outsider, BATCH, EVENTS)
+    with pytest.raises(UntrustedMessage, match="outside cluster_issuers"):
+        Verifier(AT_ACKER, 2**20).open_tagged(forged, EVENTS)
+    renamed = TAG_MAGIC + AT_WRITER.raw_signer + forged[len(TAG_MAGIC) + 32 :]
+    with pytest.raises(UntrustedMessage, match="no valid tag"):
+        Verifier(AT_ACKER, 2**20).open_tagged(renamed, EVENTS)
+    # A trusted instance cannot speak for another one to a third: the tag it could make for
+    # the third, naming the writer as sender, needs the writer's or the third's private key.
+    from_acker = seal_tagged(AT_ACKER, BATCH, EVENTS)
+    as_writer = TAG_MAGIC + AT_WRITER.raw_signer + from_acker[len(TAG_MAGIC) + 32 :]
+    with pytest.raises(UntrustedMessage, match="no valid tag"):
+        Verifier(AT_THIRD, 2**20).open_tagged(as_writer, EVENTS)
+    # Only the tags for the writer and the acker: the third finds none of its own.
+    without_third = Trust.from_host(WRITER.seed, [WRITER.public_key, ACKER.public_key])
+    with pytest.raises(UntrustedMessage, match="no valid tag"):
+        Verifier(AT_THIRD, 2**20).open_tagged(seal_tagged(without_third, BATCH, EVENTS), EVENTS)
+
+
+def test_a_malformed_tag_list_is_refused_before_any_mac() -> None:
+    head = TAG_MAGIC + AT_WRITER.raw_signer
+    reader = Verifier(AT_ACKER, 2**20)
+    for count, entries in ((0, 0), (MAX_TAGS + 1, MAX_TAGS + 1), (3, 2)):
+        data = head + bytes((count,)) + bytes(entries * TAG_ENTRY_BYTES)
+        with pytest.raises(UntrustedMessage, match="malformed tag list"):
+            reader.open_tagged(data, EVENTS)
+    with pytest.raises(UntrustedMessage, match="no tags"):
+        reader.open_tagged(seal(AT_WRITER, BATCH), EVENTS)
+
+
+def test_with_more_trusted_keys_than_tags_a_batch_is_signed() -> None:
+    many = [KeyPair.generate("server").public_key for _ in range(MAX_TAGS)]
+    trust = Trust.from_host(WRITER.seed, [WRITER.public_key, *many])
+    sealed = seal_tagged(trust, BATCH, EVENTS)
+    assert Verifier(AT_ACKER, 2**20).open_signed(sealed, EVENTS) == (AT_WRITER.raw_signer, BATCH)
+
+
+def test_signatures_and_tags_are_never_taken_for_each_other() -> None:
+    sealed = seal_tagged(AT_WRITER, BATCH, EVENTS)
+    with pytest.raises(UntrustedMessage, match="only a signature"):
+        WRITER_OPENS.open_signed(sealed, EVENTS)
+    with pytest.raises(UntrustedMessage, match="no pair MAC"):
+        WRITER_OPENS.open_mac(sealed, EVENTS)
 
 
 # ---------------------------------------------------------------------- the channel's side
@@ -253,17 +349,50 @@ def test_the_channel_takes_a_mac_only_for_acks_where_it_expects_them() -> None:
     assert counters == {"untrusted_messages": 2 + len(others), "dropped_messages": 0}
 
 
+class _Recorder:
+    """A connection that keeps what is published on its one subject."""
+
+    def __init__(self, subject: str) -> None:
+        self.subject = subject
+        self.sent: list[bytes] = []
+
+    async def publish(self, subject: str, data: bytes) -> None:
+        assert subject == self.subject
+        self.sent.append(data)
+
+
+def _recording(channel: SignedChannel, subject: str) -> list[bytes]:
+    recorder = _Recorder(subject)
+    channel.nc = cast(Any, recorder)
+    return recorder.sent
+
+
 async def test_the_channel_macs_for_a_known_recipient_and_signs_otherwise() -> None:
     channel, _ = _channel(AT_ACKER)
-    sent: list[bytes] = []
-
-    class _Conn:
-        async def publish(self, subject: str, data: bytes) -> None:
-            assert subject == ACK_SUBJECT
-            sent.append(data)
-
-    channel.nc = cast(Any, _Conn())
+    sent = _recording(channel, ACK_SUBJECT)
     await channel.publish_to(ACK_SUBJECT, ACK, AT_WRITER.raw_signer)
     await channel.publish_to(ACK_SUBJECT, ACK, b"")
     assert WRITER_OPENS.open_mac(sent[0], ACK_SUBJECT) == (AT_ACKER.raw_signer, ACK)
     assert WRITER_OPENS.open_signed(sent[1]) == (AT_ACKER.raw_signer, ACK)
+
+
+def test_the_channel_takes_tags_only_for_change_batches_where_it_expects_them() -> None:
+    channel, counters = _channel(AT_ACKER)
+    batch = _msg(EVENTS, seal_tagged(AT_WRITER, BATCH, EVENTS))
+    opened = channel.open(batch, (m.Kind.CHANGES,), tag_kinds=m.TAG_KINDS)
+    assert opened is not None and opened.seq == 1 and opened.signer == AT_WRITER.raw_signer
+    signed = _msg(EVENTS, seal(AT_WRITER, BATCH))  # older writers, or too many keys to tag
+    assert channel.open(signed, (m.Kind.CHANGES,), tag_kinds=m.TAG_KINDS) is not None
+    assert counters == {"untrusted_messages": 0, "dropped_messages": 0}
+    assert channel.open(batch, (m.Kind.CHANGES,)) is None  # no tags expected here
+    digest = m.encode(m.Message(m.Kind.DIGEST, new_node_id(), digests=[0] * BUCKETS))
+    tagged_digest = _msg(EVENTS, seal_tagged(AT_WRITER, digest, EVENTS))
+    assert channel.open(tagged_digest, tag_kinds=m.TAG_KINDS) is None  # a digest must be signed
+    assert counters == {"untrusted_messages": 2, "dropped_messages": 0}
+
+
+async def test_the_channel_publishes_tagged_batches_bound_to_their_subject() -> None:
+    channel, _ = _channel(AT_WRITER)
+    sent = _recording(channel, EVENTS)
+    await channel.publish_tagged(EVENTS, BATCH)
+    assert Verifier(AT_THIRD, 2**20).open_tagged(sent[0], EVENTS) == (AT_WRITER.raw_signer, BATCH)
