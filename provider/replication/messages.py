@@ -29,7 +29,7 @@ kind   name             fields
 
 Every kind travels signed, with two exceptions (:mod:`.signing`). An ``ak`` sent to one writer
 (the point-to-point acks of both modes, not JetStream presence beacons) carries a pair MAC for
-the writer instead (:data:`MAC_KINDS`). A ``cb`` published on the events subject carries one
+the writer instead (:data:`MAC_KINDS`). A ``ch`` published on the events subject carries one
 pair MAC per trusted key (:data:`TAG_KINDS`).
 
 ``c`` is a bin holding the changes' msgpack encodings back to back: each change is packed once,
