@@ -181,6 +181,9 @@ class ProviderDaemon:
         )
         start_metrics_endpoint(self._status_from_another_thread)
         await nc.subscribe(s.health, cb=self._on_health)  # last: healthy implies subscribed
+        # Twice: nats-py writes flush()'s PING ahead of commands its flusher task has not yet
+        # written, so only the second PONG proves the server has every SUB above.
+        await nc.flush(timeout=5)
         await nc.flush(timeout=5)
         self.supervisor.spawn("sweep", self._sweep_forever)
         log.info("provider ready", subjects=s.rpc, links=len(self.links))

@@ -42,7 +42,7 @@ from wasmbus_testkit.process import ProviderProcess
 from wasmbus_testkit.threadloop import ThreadLoop
 from wasmbus_testkit.tools import find_nats_server, find_venv_tool
 from wasmbus_testkit.topologies import NatsCluster, NatsLeafnodes
-from wasmbus_testkit.waiting import wait_for, wait_for_sync
+from wasmbus_testkit.waiting import flush_in_order, wait_for, wait_for_sync
 
 __all__ = [
     "DEFAULT_LINK_PROBE",
@@ -68,6 +68,7 @@ __all__ = [
     "build_host_data",
     "find_nats_server",
     "find_venv_tool",
+    "flush_in_order",
     "free_port",
     "kill_all_children",
     "link_definition",

@@ -49,7 +49,7 @@ from wasmbus_testkit.hostdata import (
 from wasmbus_testkit.invoker import Invoker
 from wasmbus_testkit.natsserver import NatsServer
 from wasmbus_testkit.process import ProviderProcess
-from wasmbus_testkit.waiting import wait_for
+from wasmbus_testkit.waiting import flush_in_order, wait_for
 
 __all__ = ["DEFAULT_LINK_PROBE", "FakeHost", "Launcher", "LinkProbe"]
 
@@ -318,9 +318,9 @@ class FakeHost:
         return await self.is_linked(actor) == expect
 
     async def publish(self, subject: str, data: bytes) -> None:
-        """Publish without a reply subject, then flush (so the server has it when we return)."""
+        """Publish without a reply subject; the server has it when we return."""
         await self.nc.publish(subject, data)
-        await self.nc.flush()
+        await flush_in_order(self.nc)
 
     # ------------------------------------------------------------------ health & shutdown
     async def health_raw(self, body: bytes | None = None, timeout: float = 2.0) -> bytes:

@@ -3,6 +3,8 @@
 A test that sleeps is either slow on a fast machine or flaky on a slow one. These helpers poll
 a predicate (sync or async) at a short interval and give up after a timeout, chaining the last
 exception the predicate raised onto the ``TimeoutError`` so a failed wait says *why*.
+:func:`flush_in_order` waits for the one thing a predicate cannot see: that the server has
+processed what a connection sent.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ import asyncio
 import inspect
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
-__all__ = ["wait_for", "wait_for_sync"]
+if TYPE_CHECKING:
+    from nats.aio.client import Client
+
+__all__ = ["flush_in_order", "wait_for", "wait_for_sync"]
 
 T = TypeVar("T")
 
@@ -87,3 +92,16 @@ def wait_for_sync(
 
 def _timeout(timeout: float, message: str) -> TimeoutError:
     return TimeoutError(f"timed out after {timeout:.1f}s waiting for {message}")
+
+
+async def flush_in_order(nc: Client, timeout: int = 5) -> None:
+    """Return once the server has processed every command queued on ``nc`` before the call.
+
+    nats-py's ``flush()`` writes its PING straight to the socket, ahead of commands still
+    queued for the connection's flusher task. A ``SUB`` made just before can then reach the
+    server after the PONG has come back, and a message published at that moment from another
+    connection misses it (seen under load through the fault proxy). The flusher writes the
+    queue while the first PING is out, so the PONG of a second one vouches for all of it.
+    """
+    await nc.flush(timeout)
+    await nc.flush(timeout)

@@ -25,7 +25,7 @@ from contract.nkeys import KeyPair
 from contract.wire import SHUTDOWN_ACK, HealthCheckResponse, Subjects
 from tests.harness.repo import REPO_ROOT
 from tests.unit.test_compose import PROVIDERS, _comment_block, _provider_env, documented_call
-from wasmbus_testkit import NatsServer, wait_for
+from wasmbus_testkit import NatsServer, flush_in_order, wait_for
 
 SCRIPT = REPO_ROOT / "docker" / "provider-from-env.sh"
 COMPOSE = REPO_ROOT / "docker-compose.yml"
@@ -147,7 +147,7 @@ async def test_health_reports_an_unhealthy_answer(
         await msg.respond(reply)
 
     await nc.subscribe(subject, cb=answer)
-    await nc.flush()
+    await flush_in_order(nc)
     try:
         result = await asyncio.to_thread(health, _env(nats_server, keys), cwd=tmp_path)
         assert result.returncode == 1 and "replication down for 12 s" in result.stderr

@@ -51,7 +51,7 @@ from tests.integration.test_replication_attacks import (
     rss_kb,
     string_record,
 )
-from wasmbus_testkit import NatsServer, ProviderProcess
+from wasmbus_testkit import NatsServer, ProviderProcess, flush_in_order
 
 #: How fast the skewed instance's clock runs: far beyond MAX_CLOCK_OFFSET_MS (500 ms).
 FAST_BY_SECS = 30
@@ -302,7 +302,7 @@ async def test_a_fast_writer_is_refused_told_and_reports_itself_unhealthy(
             kinds.append(m.decode(msg.data[HEADER_BYTES:]).type)
 
         await nc.subscribe(f"kvcache.lc.{prefix}.ack.{fast_node}", cb=collect)
-        await nc.flush()
+        await flush_in_order(nc)
         burst_started = time.monotonic()
         await asyncio.gather(*(fast.client.set(f"burst-{n}", "x") for n in range(20)))
         await wait_converged(

@@ -33,7 +33,7 @@ from tests.harness.replicas import (
     gather_limited,
     wait_converged,
 )
-from wasmbus_testkit import FaultProxy, NatsServer
+from wasmbus_testkit import FaultProxy, NatsServer, flush_in_order
 
 PERIOD = 1.0  # REPLAY_HEARTBEAT_SECS in these tests
 #: How long to keep watching that something does *not* replicate: two periods and change.
@@ -806,7 +806,7 @@ async def test_malformed_and_foreign_messages_are_dropped(
     try:
         # Learn A's node id from its own traffic, to reach its direct (repair/pull) subject.
         sub = await intruder.subscribe(events)
-        await intruder.flush()
+        await flush_in_order(intruder)
         await a.client.set("probe", "1")
         sealed = (await sub.next_msg(timeout=5)).data  # a signed envelope around msgpack
         node = msgpack.unpackb(envelope_body(sealed), raw=False)["n"]

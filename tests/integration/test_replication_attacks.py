@@ -45,7 +45,7 @@ from provider.store.entry import Kind as EntryKind
 from provider.store.hlc import LOGICAL_BITS, wall_ms
 from tests.harness.replicas import Replica, ReplicaSet, envelope_body, wait_converged
 from tests.integration.test_introspection import statuses_by_lattice
-from wasmbus_testkit import FaultProxy, NatsServer
+from wasmbus_testkit import FaultProxy, NatsServer, flush_in_order
 
 PERIOD = 1.0
 #: Growth of a provider's resident memory an attack may cause (the flood tests send megabytes).
@@ -87,7 +87,7 @@ class Pair:
     async def learn_node_of_a(self, nc: NATS) -> str:
         """A's node id, read from its own (signed, not secret) traffic."""
         sub = await nc.subscribe(self.events)
-        await nc.flush()
+        await flush_in_order(nc)
         await self.a.client.set("__probe__", uuid.uuid4().hex)
         sealed = (await sub.next_msg(timeout=5)).data
         await sub.unsubscribe()

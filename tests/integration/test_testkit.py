@@ -30,6 +30,7 @@ from wasmbus_testkit import (
     NatsLeafnodes,
     NatsServer,
     ProviderProcess,
+    flush_in_order,
     port_open,
     wait_for,
 )
@@ -65,7 +66,7 @@ async def collect(nc: Client, subject: str) -> list[bytes]:
         got.append(msg.data)
 
     await nc.subscribe(subject, cb=on_msg)
-    await nc.flush()
+    await flush_in_order(nc)
     return got
 
 
