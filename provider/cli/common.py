@@ -46,12 +46,17 @@ def warn(command: str, message: str | Exception) -> None:
     print(f"nats-kvcache {command}: warning: {message}", file=sys.stderr, flush=True)
 
 
+def parse_int(text: str, what: str = "an integer") -> int:
+    """``text`` as an int, or the argparse error naming ``what`` it should have been."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+
+
 def instance_index(text: str) -> int:
     """argparse type of a dev instance index (``call --instance N``, ``instance kill N``)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an instance index: {text!r}") from None
+    value = parse_int(text, "an instance index")
     if value < 0:
         raise argparse.ArgumentTypeError("must be >= 0")
     return value

@@ -37,7 +37,15 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from provider.cli import state as statefile
-from provider.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, error, program
+from provider.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    error,
+    parse_int,
+    program,
+)
 from provider.cli.lattice import (
     METRICS_ENV,
     DevLattice,
@@ -70,20 +78,14 @@ TRY_COMMANDS = (
 
 
 def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    value = parse_int(text)
     if value < 1:
         raise argparse.ArgumentTypeError("must be >= 1")
     return value
 
 
 def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    value = parse_int(text)
     if not 0 <= value <= 65535:
         raise argparse.ArgumentTypeError("must be 0..65535 (0 = a free port)")
     return value
