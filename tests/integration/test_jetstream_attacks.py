@@ -40,7 +40,7 @@ from provider.replication.messages import Kind
 from provider.replication.signing import HEADER_BYTES, Trust, seal
 from provider.store.codec import decode_change, new_node_id
 from provider.store.entry import Kind as EntryKind
-from tests.harness.replicas import Replica, ReplicaSet, wait_converged
+from tests.harness.replicas import Replica, ReplicaSet, envelope_body, wait_converged
 from tests.integration import test_replication_attacks as plain
 from tests.integration.test_introspection import statuses_by_lattice
 from tests.integration.test_jetstream import js_values, stream_name, value
@@ -299,7 +299,7 @@ async def test_a_fast_writer_is_refused_told_and_reports_itself_unhealthy(
         kinds: list[Kind] = []
 
         async def collect(msg: Any) -> None:
-            kinds.append(m.decode(msg.data[HEADER_BYTES:]).type)
+            kinds.append(m.decode(envelope_body(msg.data)).type)  # signed notices, MAC'd acks
 
         await nc.subscribe(f"kvcache.lc.{prefix}.ack.{fast_node}", cb=collect)
         await flush_in_order(nc)
