@@ -223,9 +223,8 @@ class NatsReplicator:
             await self._wake.wait()
             self._wake.clear()
             if not any(future is not None for _, future in self._pending):
-                # Nobody waits for this batch: let the replies of this turn reach the socket
-                # first (the daemon's reply task, nats-py's publish, then its flusher), so a
-                # caller does not wait while we seal; more changes join the batch meanwhile.
+                # Nobody waits for this batch: its writes' replies go out before we seal it
+                # (see REPLY_TURNS), and more changes join it meanwhile.
                 for _ in range(REPLY_TURNS):
                     await asyncio.sleep(0)
             await self._flush_pending()
